@@ -1,0 +1,407 @@
+"""The one reader of /proc and cgroup files, shared by `run` (verify) and `audit`.
+
+Everything a container can influence is hostile input here: process names and
+paths can carry control characters, files can be huge, processes exit between
+listing and reading. So every read is bounded, never follows a symlink the
+container controls, and a vanished process raises ProcessGone (never a
+traceback at the CLI).
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+PROC = "/proc"
+MAX_SMALL = 64 * 1024  # status, maps, attr files
+MAX_LARGE = 4 * 1024 * 1024  # mountinfo of a busy host
+
+NS_KINDS = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup", "time")
+
+# Linux capability numbers -> names (include/uapi/linux/capability.h).
+CAP_NAMES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)
+CAP_NUMBERS = {n: i for i, n in enumerate(CAP_NAMES)}
+
+
+class ProcessGone(Exception):
+    """The process exited (or became unreadable) while we were reading it."""
+
+
+def cap_last() -> int:
+    try:
+        return int(_read_bytes(f"{PROC}/sys/kernel/cap_last_cap", 64))
+    except (OSError, ValueError):
+        return len(CAP_NAMES) - 1
+
+
+def caps_to_names(mask: int) -> list[str]:
+    names = []
+    i = 0
+    while mask >> i:
+        if mask >> i & 1:
+            names.append(CAP_NAMES[i] if i < len(CAP_NAMES) else f"CAP_{i}")
+        i += 1
+    return names
+
+
+def names_to_mask(names) -> int:
+    mask = 0
+    for n in names:
+        mask |= 1 << CAP_NUMBERS[n]
+    return mask
+
+
+def _read_bytes(path: str, limit: int) -> bytes:
+    """Read at most `limit` bytes; never follow a final symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ESRCH):
+            raise ProcessGone(path) from None
+        raise
+    try:
+        chunks = []
+        left = limit
+        while left > 0:
+            b = os.read(fd, min(left, 65536))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        return b"".join(chunks)
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise ProcessGone(path) from None
+        raise
+    finally:
+        os.close(fd)
+
+
+def read_text(pid: int | str, name: str, limit: int = MAX_SMALL) -> str:
+    return _read_bytes(f"{PROC}/{pid}/{name}", limit).decode("utf-8", "replace")
+
+
+@dataclass
+class Status:
+    name: str = ""
+    pid: int = 0
+    ppid: int = 0
+    nspid: tuple[int, ...] = ()
+    uid: tuple[int, int, int, int] = (0, 0, 0, 0)  # real, effective, saved, fs
+    gid: tuple[int, int, int, int] = (0, 0, 0, 0)
+    groups: tuple[int, ...] = ()
+    cap_inh: int = 0
+    cap_prm: int = 0
+    cap_eff: int = 0
+    cap_bnd: int = 0
+    cap_amb: int = 0
+    no_new_privs: int | None = None
+    seccomp: int | None = None  # 0 disabled, 1 strict, 2 filter
+    seccomp_filters: int | None = None
+    cpus_allowed_list: str | None = None
+    mems_allowed_list: str | None = None
+    state: str = ""
+
+
+def parse_status(text: str) -> Status:
+    st = Status()
+    for line in text.splitlines():
+        key, sep, val = line.partition(":")
+        if not sep:
+            continue
+        val = val.strip()
+        try:
+            if key == "Name":
+                st.name = val
+            elif key == "State":
+                st.state = val[:1]
+            elif key == "Pid":
+                st.pid = int(val)
+            elif key == "PPid":
+                st.ppid = int(val)
+            elif key == "NSpid":
+                st.nspid = tuple(int(x) for x in val.split())
+            elif key == "Uid":
+                st.uid = tuple(int(x) for x in val.split()[:4])  # type: ignore[assignment]
+            elif key == "Gid":
+                st.gid = tuple(int(x) for x in val.split()[:4])  # type: ignore[assignment]
+            elif key == "Groups":
+                st.groups = tuple(int(x) for x in val.split())
+            elif key == "CapInh":
+                st.cap_inh = int(val, 16)
+            elif key == "CapPrm":
+                st.cap_prm = int(val, 16)
+            elif key == "CapEff":
+                st.cap_eff = int(val, 16)
+            elif key == "CapBnd":
+                st.cap_bnd = int(val, 16)
+            elif key == "CapAmb":
+                st.cap_amb = int(val, 16)
+            elif key == "NoNewPrivs":
+                st.no_new_privs = int(val)
+            elif key == "Seccomp":
+                st.seccomp = int(val)
+            elif key == "Seccomp_filters":
+                st.seccomp_filters = int(val)
+            elif key == "Cpus_allowed_list":
+                st.cpus_allowed_list = val
+            elif key == "Mems_allowed_list":
+                st.mems_allowed_list = val
+        except ValueError:
+            continue  # a malformed field stays at its default: unknown, not a crash
+    return st
+
+
+def read_status(pid: int | str) -> Status:
+    return parse_status(read_text(pid, "status"))
+
+
+@dataclass(frozen=True)
+class IdMapEntry:
+    inside: int
+    outside: int
+    count: int
+
+
+def parse_idmap(text: str) -> list[IdMapEntry]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            try:
+                out.append(IdMapEntry(int(parts[0]), int(parts[1]), int(parts[2])))
+            except ValueError:
+                continue
+    return out
+
+
+def read_idmap(pid: int | str, which: str = "uid") -> list[IdMapEntry]:
+    return parse_idmap(read_text(pid, f"{which}_map"))
+
+
+def maps_host_root(entries: list[IdMapEntry]) -> bool:
+    """Does any mapping reach host id 0 (as seen from the reader's user namespace)?"""
+    return any(e.outside == 0 and e.count > 0 for e in entries)
+
+
+def outside_id(entries: list[IdMapEntry], inside: int) -> int | None:
+    for e in entries:
+        if e.inside <= inside < e.inside + e.count:
+            return e.outside + (inside - e.inside)
+    return None
+
+
+def read_ns(pid: int | str, kinds=NS_KINDS) -> dict[str, int]:
+    """Namespace inode numbers. readlink gives 'net:[4026531840]' without opening the ns."""
+    out: dict[str, int] = {}
+    for k in kinds:
+        try:
+            link = os.readlink(f"{PROC}/{pid}/ns/{k}")
+        except FileNotFoundError:
+            if not os.path.exists(f"{PROC}/{pid}"):
+                raise ProcessGone(str(pid)) from None
+            continue  # kernel without this ns kind
+        except PermissionError:
+            continue
+        lb = link.find("[")
+        if lb >= 0 and link.endswith("]"):
+            try:
+                out[k] = int(link[lb + 1:-1])
+            except ValueError:
+                pass
+    return out
+
+
+@dataclass(frozen=True)
+class Mount:
+    mount_id: int
+    parent_id: int
+    dev: str
+    root: str
+    mountpoint: str
+    options: frozenset[str]
+    optional: tuple[str, ...]
+    fstype: str
+    source: str
+    super_options: frozenset[str]
+
+    @property
+    def readonly(self) -> bool:
+        return "ro" in self.options
+
+    @property
+    def shared(self) -> bool:
+        return any(o.startswith("shared:") for o in self.optional)
+
+
+def _unescape_mount(s: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    if "\\" not in s:
+        return s
+    out = []
+    i = 0
+    while i < len(s):
+        if s[i] == "\\" and i + 3 < len(s) and s[i + 1:i + 4].isdigit():
+            try:
+                out.append(chr(int(s[i + 1:i + 4], 8)))
+                i += 4
+                continue
+            except ValueError:
+                pass
+        out.append(s[i])
+        i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    mounts = []
+    for line in text.splitlines():
+        parts = line.split(" ")
+        try:
+            sep = parts.index("-", 6)
+            mounts.append(Mount(
+                mount_id=int(parts[0]),
+                parent_id=int(parts[1]),
+                dev=parts[2],
+                root=_unescape_mount(parts[3]),
+                mountpoint=_unescape_mount(parts[4]),
+                options=frozenset(parts[5].split(",")),
+                optional=tuple(parts[6:sep]),
+                fstype=parts[sep + 1],
+                source=_unescape_mount(parts[sep + 2]) if len(parts) > sep + 2 else "",
+                super_options=frozenset(parts[sep + 3].split(",")) if len(parts) > sep + 3 else frozenset(),
+            ))
+        except (ValueError, IndexError):
+            continue
+    return mounts
+
+
+def read_mountinfo(pid: int | str) -> list[Mount]:
+    return parse_mountinfo(read_text(pid, "mountinfo", MAX_LARGE))
+
+
+@dataclass(frozen=True)
+class CgroupEntry:
+    hierarchy: int
+    controllers: tuple[str, ...]
+    path: str
+
+
+def parse_cgroup(text: str) -> list[CgroupEntry]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        try:
+            out.append(CgroupEntry(int(parts[0]), tuple(c for c in parts[1].split(",") if c), parts[2]))
+        except ValueError:
+            continue
+    return out
+
+
+def read_cgroup(pid: int | str) -> list[CgroupEntry]:
+    return parse_cgroup(read_text(pid, "cgroup"))
+
+
+def read_lsm_label(pid: int | str) -> str | None:
+    """The LSM label in effect, or None when no LSM provides one.
+
+    Prefers the AppArmor-specific file (stacked LSMs), then the generic one.
+    An empty or unreadable attr means no label: never report one not in effect.
+    """
+    for name in ("attr/apparmor/current", "attr/current"):
+        try:
+            raw = read_text(pid, name, 4096)
+        except ProcessGone:
+            if not os.path.exists(f"{PROC}/{pid}"):
+                raise
+            continue
+        except OSError:
+            continue
+        label = raw.strip("\x00\n ")
+        if label:
+            return label
+    return None
+
+
+def read_cmdline(pid: int | str, limit: int = 4096) -> list[str]:
+    raw = _read_bytes(f"{PROC}/{pid}/cmdline", limit)
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\x00") if a]
+
+
+def read_comm(pid: int | str) -> str:
+    return read_text(pid, "comm", 256).rstrip("\n")
+
+
+def read_children(pid: int) -> list[int]:
+    """Direct children of pid (CONFIG_PROC_CHILDREN), across all its threads."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"{PROC}/{pid}/task")
+    except FileNotFoundError:
+        raise ProcessGone(str(pid)) from None
+    for tid in tids:
+        try:
+            out.extend(int(x) for x in read_text(pid, f"task/{tid}/children").split())
+        except (ProcessGone, ValueError):
+            continue
+    return out
+
+
+def list_pids() -> list[int]:
+    return [int(d) for d in os.listdir(PROC) if d.isdigit()]
+
+
+@dataclass
+class ProcFacts:
+    """Everything verify and audit need about one process, read once."""
+
+    pid: int
+    status: Status
+    uid_map: list[IdMapEntry]
+    gid_map: list[IdMapEntry]
+    ns: dict[str, int]
+    mounts: list[Mount]
+    cgroups: list[CgroupEntry]
+    lsm_label: str | None
+    host_ns: dict[str, int] = field(default_factory=dict)
+
+    def shared_namespaces(self) -> list[str]:
+        return sorted(k for k, v in self.ns.items() if self.host_ns.get(k) == v)
+
+    def mount_at(self, path: str) -> Mount | None:
+        """The mount that is visible at `path` (the last one mounted there)."""
+        found = None
+        for m in self.mounts:
+            if m.mountpoint == path:
+                found = m
+        return found
+
+
+def read(pid: int, host_pid: int | str = 1, with_mounts: bool = True) -> ProcFacts:
+    """Read a process's security-relevant state. `host_pid` is the reference for shared namespaces."""
+    status = read_status(pid)
+    ns = read_ns(pid)
+    try:
+        host_ns = read_ns(host_pid)
+    except ProcessGone:
+        host_ns = {}
+    return ProcFacts(
+        pid=pid,
+        status=status,
+        uid_map=read_idmap(pid, "uid"),
+        gid_map=read_idmap(pid, "gid"),
+        ns=ns,
+        mounts=read_mountinfo(pid) if with_mounts else [],
+        cgroups=read_cgroup(pid),
+        lsm_label=read_lsm_label(pid),
+        host_ns=host_ns,
+    )

@@ -1,0 +1,145 @@
+"""The resolved Spec: the single truth every launch stage, verify and admission read.
+
+Frozen dataclasses, built only by sandbox.profiles from profile YAML + flags.
+Nothing downstream re-reads a profile or a flag.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+# Requirement levels for controls that depend on the host (LSMs, Landlock).
+REQUIRED = "required"
+IF_AVAILABLE = "if-available"
+OFF = "off"
+LEVELS = (REQUIRED, IF_AVAILABLE, OFF)
+
+NAMESPACES = ("user", "pid", "mount", "net", "uts", "ipc", "cgroup")
+NETWORK_MODES = ("none", "loopback", "bridge")
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: str
+    target: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class Port:
+    host_ip: str
+    host_port: int
+    container_port: int
+    proto: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Rlimit:
+    name: str  # lower-case, without RLIMIT_ (nofile, nproc, core, fsize, ...)
+    soft: int  # -1 means unlimited
+    hard: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    """cgroup caps. None means "not requested"; -1 means explicitly unlimited."""
+
+    memory: int | None = None  # bytes
+    memory_swap: int | None = None  # bytes, docker semantics: memory+swap total, -1 unlimited
+    cpus: float | None = None  # quota/period
+    cpu_period: int = 100_000  # microseconds
+    cpu_shares: int | None = None  # v1 shares; v2 weight converted like runc
+    cpuset_cpus: str | None = None
+    cpuset_mems: str | None = None
+    pids_limit: int | None = None
+
+    def requested(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.memory, self.memory_swap, self.cpus, self.cpu_shares,
+                      self.cpuset_cpus, self.cpuset_mems, self.pids_limit)
+        )
+
+
+@dataclass(frozen=True)
+class Security:
+    capabilities: tuple[str, ...] = ()  # kept caps, upper-case without CAP_ ("NET_BIND_SERVICE")
+    no_new_privs: bool = True
+    seccomp: str = "strict"  # built-in name, a file path, or "unconfined"
+    seccomp_allow_unconfined: bool = False
+    landlock: str = IF_AVAILABLE  # required | if-available | off
+    apparmor_profile: str | None = None
+    apparmor: str = IF_AVAILABLE
+    selinux_type: str | None = None
+    selinux_level: str | None = None  # None: per-sandbox MCS categories
+    selinux: str = IF_AVAILABLE
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    rootfs: str | None = None  # None: host-view root built from the host's /usr, /bin, /lib*, safe /etc
+    read_only: bool = True
+    tmp_size: int = 64 * 1024 * 1024
+    shm_size: int = 64 * 1024 * 1024
+    sys: bool = False  # mount a read-only sysfs
+    binds: tuple[Bind, ...] = ()
+    etc_files: tuple[str, ...] = ()  # host /etc entries visible in host-view mode
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Spec:
+    argv: tuple[str, ...]
+    profile: str = "strict"
+    profile_digest: str = ""
+    name: str | None = None
+    uid: int = 65534
+    gid: int = 65534
+    allow_root: bool = False  # may -u choose uid 0 inside the namespace?
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = "/"
+    hostname: str = "sbx"
+    filesystem: Filesystem = field(default_factory=Filesystem)
+    network: str = "loopback"
+    ports: tuple[Port, ...] = ()
+    egress: bool = False
+    security: Security = field(default_factory=Security)
+    resources: Resources = field(default_factory=Resources)
+    rlimits: tuple[Rlimit, ...] = ()
+    timeout: float | None = None
+    degrade: bool = False  # profile says `degrade: allow`: unenforceable caps are recorded, not refused
+    policy: str | None = None
+    detach: bool = False
+    remove: bool = False
+    record: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+def spec_from_dict(d: dict) -> Spec:
+    """Inverse of Spec.to_dict, for saved sandboxes (`sbx start`) and the spec cache."""
+    fs = dict(d["filesystem"])
+    fs["binds"] = tuple(Bind(**b) for b in fs.get("binds", ()))
+    for k in ("etc_files", "masked_paths", "readonly_paths"):
+        fs[k] = tuple(fs.get(k, ()))
+    sec = dict(d["security"])
+    sec["capabilities"] = tuple(sec.get("capabilities", ()))
+    out = dict(d)
+    out["argv"] = tuple(d["argv"])
+    out["env"] = tuple(tuple(p) for p in d.get("env", ()))
+    out["filesystem"] = Filesystem(**fs)
+    out["security"] = Security(**sec)
+    out["resources"] = Resources(**d["resources"])
+    out["rlimits"] = tuple(Rlimit(**r) for r in d.get("rlimits", ()))
+    out["ports"] = tuple(Port(**p) for p in d.get("ports", ()))
+    return Spec(**out)
