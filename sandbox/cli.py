@@ -84,4 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(141)
+    except Exception as e:  # noqa: BLE001 - never a traceback at the user; SBX_DEBUG=1 shows it
+        import os
+        if os.environ.get("SBX_DEBUG"):
+            raise
+        click.echo(f"sbx: internal error: {escape(type(e).__name__ + ': ' + str(e))} (SBX_DEBUG=1 for a traceback)",
+                   err=True)
+        sys.exit(EXIT_REFUSED)
     sys.exit(rv if isinstance(rv, int) else 0)

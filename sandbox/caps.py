@@ -1,0 +1,47 @@
+"""Privileges stage: bounding set, id switch, process capability sets, ambient set.
+
+Runs in the workload process as root of the user namespace, after mounts and
+Landlock. The bounding set is cut first (that needs CAP_SETPCAP, which the
+id switch would take away); keep-caps carries the kept set across setresuid.
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+from . import syscalls as sc
+from .facts import CAP_NUMBERS, cap_last, names_to_mask
+from .errors import SbxError
+
+
+def drop(keep: tuple[str, ...], uid: int, gid: int, *, rootless: bool) -> None:
+    import prctl  # python-prctl: small C extension, only needed in the child
+
+    keep_mask = names_to_mask(keep)
+    last = cap_last()
+    for cap in range(last + 1):
+        if not keep_mask >> cap & 1:
+            prctl.capbset_drop(cap)
+    if keep_mask:
+        prctl.set_keepcaps(True)
+    try:
+        if not rootless:
+            os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as e:
+        raise SbxError(f"cannot switch to uid {uid} gid {gid} inside the sandbox: {e.strerror}") from None
+    sc.capset(keep_mask, keep_mask, keep_mask)
+    sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+    if keep_mask and uid != 0:
+        # Without ambient caps a non-root workload would lose the kept set at exec.
+        for name in keep:
+            sc.prctl(sc.PR_CAP_AMBIENT, 2, CAP_NUMBERS[name])  # PR_CAP_AMBIENT_RAISE
+    if keep_mask:
+        prctl.set_keepcaps(False)
+
+
+def set_no_new_privs() -> None:
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    if sc.prctl(sc.PR_GET_NO_NEW_PRIVS) != 1:
+        raise SbxError("no_new_privs did not stick")

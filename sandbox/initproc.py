@@ -1,0 +1,69 @@
+"""The sandbox's pid 1: reaps zombies, forwards signals, exits with the workload's status.
+
+The workload is not pid 1, so its signal semantics stay normal (a `kill -TERM
+$$` ends it with 143). Signals are taken with sigwaitinfo so we can tell a
+terminal-generated signal (si_code SI_KERNEL: the tty already delivered it to
+the workload's process group) from one sent by a process (forwarded once).
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+SI_KERNEL = 0x80
+FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+           signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
+WAITED = set(FORWARD) | {signal.SIGCHLD}
+
+
+def prepare_signals() -> None:
+    """Before forking the workload: block what init will wait for; default dispositions so nothing is dropped."""
+    for s in WAITED:
+        signal.signal(s, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+
+
+def reset_for_exec() -> None:
+    """In the workload before exec: the dispositions and mask a fresh process expects.
+
+    Python ignores SIGPIPE and SIGXFSZ; an exec'd program would inherit SIG_IGN.
+    """
+    for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP,
+              signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+        try:
+            signal.signal(s, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def status_to_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 255
+
+
+def run_init(workload: int) -> int:
+    """Loop until the workload exits; returns the exit code init should exit with."""
+    while True:
+        info = signal.sigwaitinfo(WAITED)
+        if info.si_signo == signal.SIGCHLD:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return 255
+                if pid == 0:
+                    break
+                if pid == workload:
+                    # Our exit tears down the pid namespace: leftover daemons die with the workload, as in docker.
+                    return status_to_code(status)
+            continue
+        if info.si_code == SI_KERNEL:
+            continue
+        try:
+            os.kill(workload, info.si_signo)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,582 @@
+"""Launch orchestration: the whole sandbox start, stage by stage.
+
+Process tree (host view):
+
+    sbx (parent: cgroup, id maps, verification, wait)
+     └─ setup   (unshares every namespace; waits for its init; relays the exit status)
+         └─ init   (pid 1 inside: mounts, hostname, network; then reaps and forwards signals)
+             └─ workload (rlimits → Landlock → MAC → caps/uid → no_new_privs → seccomp → parked → execve)
+
+Setup is synchronised with pipes, never sleeps. Children never return into the
+caller's Python stack: every path ends in os._exit, errors travel to the parent
+as one JSON line on the status pipe. The parent verifies the parked workload
+from /proc and only then lets it exec (fail closed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from . import facts, syscalls as sc
+from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, SbxError, VerifyError
+from .spec import Spec
+
+SETUP_TIMEOUT = 30.0
+NS_ORDER = ("user", "mount", "pid", "net", "uts", "ipc", "cgroup")
+
+
+@dataclass
+class Result:
+    exit_code: int
+    sandbox_id: str
+    record: dict = field(default_factory=dict)
+    oom_killed: bool = False
+    timed_out: bool = False
+
+
+@dataclass
+class Plan:
+    """Everything decided in the parent before the first fork."""
+
+    spec: Spec
+    sandbox_id: str
+    idmap: object
+    cgroup: object = None
+    seccomp_bpf: bytes | None = None
+    landlock_rules: list | None = None
+    mac: object = None
+    notes: list[str] = field(default_factory=list)
+    features: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- child side
+
+class _Chan:
+    """The two pipes every sandbox process shares with the parent."""
+
+    def __init__(self) -> None:
+        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)  # sandbox -> parent, JSON lines
+        self.ctl_r, self.ctl_w = os.pipe2(os.O_CLOEXEC)  # parent -> sandbox, one-byte tokens
+
+    def send(self, obj: dict) -> None:
+        data = (json.dumps(obj) + "\n").encode()
+        os.write(self.status_w, data[:4000])  # < PIPE_BUF: atomic even with several writers
+
+    def wait_token(self, expect: bytes) -> None:
+        b = os.read(self.ctl_r, 1)
+        if b != expect:
+            os._exit(EXIT_REFUSED)  # parent gone or refused: never continue half set up
+
+    def child_close(self) -> None:
+        for fd in (self.status_r, self.ctl_w):
+            _close(fd)
+
+    def parent_close(self) -> None:
+        for fd in (self.status_w, self.ctl_r):
+            _close(fd)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _die(chan: _Chan, e: BaseException, stage: str) -> None:
+    if os.environ.get("SBX_DEBUG"):
+        traceback.print_exception(e)
+    try:
+        if isinstance(e, SbxError):
+            chan.send({"error": e.message, "code": e.code, "where": e.where, "stage": stage})
+        else:
+            tb = traceback.extract_tb(e.__traceback__)
+            loc = f"{tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else "?"
+            chan.send({"error": f"{stage} failed: {type(e).__name__}: {e} ({loc})", "code": EXIT_REFUSED, "stage": stage})
+    finally:
+        os._exit(EXIT_REFUSED)
+
+
+def _pdeathsig(expected_parent: int) -> None:
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != expected_parent:
+        os._exit(EXIT_REFUSED)  # parent died before we armed the signal
+
+
+def _setup_child(plan: Plan, chan: _Chan, parent: int) -> None:
+    """First child: still in the host pid namespace. Never returns."""
+    from . import mounts
+
+    stage = "setup"
+    try:
+        chan.child_close()
+        _pdeathsig(parent)
+        chan.wait_token(b"1")  # parent has put us in the cgroup
+        flags = 0
+        for ns in NS_ORDER:
+            flags |= sc.NS_FLAGS[ns]
+        stage = "unshare"
+        sc.unshare(flags)
+        chan.send({"stage": "unshared"})
+        chan.wait_token(b"2")  # parent wrote uid_map/gid_map
+        stage = "open sources"
+        sources = mounts.open_sources(plan.spec)  # before the id switch: the invoker's access rights
+        stage = "id switch"
+        if not plan.idmap.rootless:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            os.setgroups([])
+        _pdeathsig(parent)  # the uid change cleared it
+        for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
+            signal.signal(s, signal.SIG_IGN)
+        pid = os.fork()
+        if pid == 0:
+            # Init's parent lives outside the new pid namespace, where getppid() reads 0.
+            _init_child(plan, chan, sources, 0)
+        sources.close()
+        chan.send({"init": pid})
+        _close(chan.status_w)
+        _close(chan.ctl_r)
+        from .initproc import status_to_code
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        os._exit(status_to_code(status))
+    except BaseException as e:  # noqa: BLE001 - a child must never unwind into the caller
+        _die(chan, e, stage)
+
+
+def _init_child(plan: Plan, chan: _Chan, sources, parent: int) -> None:
+    """pid 1 of the sandbox. Never returns."""
+    from . import mounts, net
+    from .initproc import prepare_signals, run_init
+
+    stage = "init"
+    spec = plan.spec
+    try:
+        _pdeathsig(parent)
+        import prctl
+        # The workload can read pid 1's cmdline: show a name, not the host's sbx command line.
+        prctl.set_name("sbx-init")
+        prctl.set_proctitle("sbx-init")
+        stage = "hostname"
+        sc.sethostname(spec.hostname)
+        stage = "mounts"
+        mounts.setup(spec, sources, rootless=plan.idmap.rootless)
+        stage = "network"
+        net.setup_inside(spec.network)
+        prepare_signals()
+        pid = os.fork()
+        if pid == 0:
+            _workload(plan, chan)
+        _close(chan.status_w)
+        _close(chan.ctl_r)
+        os._exit(run_init(pid))
+    except BaseException as e:  # noqa: BLE001
+        _die(chan, e, stage)
+
+
+def _resolve_exe(argv0: str, env: dict[str, str]) -> str:
+    if "/" in argv0:
+        return argv0
+    for d in env.get("PATH", "").split(":"):
+        cand = os.path.join(d or ".", argv0)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    for d in env.get("PATH", "").split(":"):
+        cand = os.path.join(d or ".", argv0)
+        if os.path.exists(cand):
+            return cand  # exists but not executable: execve reports EACCES -> 126
+    raise FileNotFoundError(argv0)
+
+
+def _workload(plan: Plan, chan: _Chan) -> None:
+    """The workload process: the last stages, then parked until verified, then execve. Never returns."""
+    from . import caps, rlimits
+    from .initproc import reset_for_exec
+
+    spec = plan.spec
+    stage = "workload"
+    report: dict = {}
+    try:
+        stage = "cwd"
+        try:
+            os.chdir(spec.cwd)
+        except OSError as e:
+            raise SbxError(f"working directory {spec.cwd} is not usable in the sandbox: {e.strerror}") from None
+        stage = "rlimits"
+        rlimits.apply(spec.rlimits)
+        if plan.landlock_rules is not None:
+            stage = "landlock"
+            from . import landlock
+            report["landlock_abi"] = landlock.apply(plan.landlock_rules)
+        if plan.mac is not None:
+            stage = "mac"
+            from . import mac
+            mac.apply(plan.mac)
+        stage = "capabilities"
+        caps.drop(spec.security.capabilities, spec.uid, spec.gid, rootless=plan.idmap.rootless)
+        if spec.security.no_new_privs:
+            stage = "no_new_privs"
+            caps.set_no_new_privs()
+        stage = "fds"
+        # Nothing of the host leaks in: every inherited fd but 0-2 closes at exec.
+        _close_range_cloexec(3)
+        env = spec.env_dict()
+        stage = "exec lookup"
+        try:
+            exe = _resolve_exe(spec.argv[0], env)
+        except FileNotFoundError:
+            chan.send({"exec_error": "not found", "code": EXIT_NOT_FOUND, "argv0": spec.argv[0]})
+            os._exit(EXIT_NOT_FOUND)
+        reset_for_exec()
+        if plan.seccomp_bpf is not None:
+            stage = "seccomp"
+            from . import seccomp
+            seccomp.install(plan.seccomp_bpf)
+        chan.send({"ready": report})
+        chan.wait_token(b"G")
+        try:
+            os.execve(exe, list(spec.argv), env)
+        except OSError as e:
+            code = EXIT_NOT_FOUND if e.errno == 2 else EXIT_NOT_EXECUTABLE
+            chan.send({"exec_error": e.strerror, "code": code, "argv0": spec.argv[0]})
+            os._exit(code)
+    except BaseException as e:  # noqa: BLE001
+        _die(chan, e, stage)
+
+
+def _close_range_cloexec(first: int) -> None:
+    try:
+        import ctypes
+        CLOSE_RANGE_CLOEXEC = 1 << 2
+        if sc.libc().syscall(ctypes.c_long(436), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                             ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) == 0:
+            return
+    except OSError:
+        pass
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd >= first:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- parent side
+
+def prepare(spec: Spec, sandbox_id: str) -> Plan:
+    """Everything that can fail before a process exists: refuse early, with one line."""
+    from . import rlimits, userns
+
+    rlimits.check(spec.rlimits)
+    idmap = userns.plan(spec)
+    plan = Plan(spec=spec, sandbox_id=sandbox_id, idmap=idmap)
+    try:
+        _prepare_security(plan)
+        if spec.resources.requested():
+            from . import cgroups
+            cgroups.reap_stale()
+            plan.cgroup = cgroups.create(sandbox_id, spec.resources, degrade=spec.degrade)
+            if plan.cgroup is not None and getattr(plan.cgroup, "degraded", None):
+                for d in plan.cgroup.degraded:
+                    plan.notes.append(f"degraded: {d} not enforced (profile allows degrade)")
+            plan.features["cgroup"] = cgroups.detect()
+        if spec.network == "bridge" or spec.ports:
+            raise SbxError("network mode 'bridge' is not available in this build", where="--network")
+        _preload(plan)
+    except BaseException:
+        release(plan)
+        raise
+    return plan
+
+
+def _preload(plan: Plan) -> None:
+    """Import in the parent everything the sandbox processes will run.
+
+    After the id switch and pivot_root the children cannot read the Python
+    installation (it may live under a 0700 home, and is not in the new root),
+    so a lazy import there would fail.
+    """
+    import prctl  # noqa: F401 - used by caps in the workload
+    from . import caps, initproc, mounts, net, rlimits  # noqa: F401
+    if plan.seccomp_bpf is not None:
+        from . import seccomp  # noqa: F401
+    if plan.landlock_rules is not None:
+        from . import landlock  # noqa: F401
+    if plan.mac is not None:
+        from . import mac  # noqa: F401
+
+
+def _prepare_security(plan: Plan) -> None:
+    spec = plan.spec
+    sec = spec.security
+    if sec.seccomp != "unconfined":
+        from . import seccomp
+        plan.seccomp_bpf = seccomp.prepare(sec.seccomp, frozenset(sec.capabilities))
+        plan.features["seccomp"] = sec.seccomp
+    else:
+        plan.notes.append("seccomp: unconfined (requested)")
+    if sec.landlock != "off":
+        from . import landlock
+        lp = landlock.plan(spec)
+        if lp is None:
+            plan.notes.append("landlock: not available")
+        else:
+            plan.landlock_rules = lp.rules if hasattr(lp, "rules") else lp
+        plan.features["landlock_abi"] = landlock.abi_version()
+    if sec.apparmor != "off" or sec.selinux != "off":
+        from . import mac
+        mp = mac.prepare(sec, plan.sandbox_id)
+        plan.notes.extend(getattr(mp, "notes", []) or [])
+        if getattr(mp, "apparmor_profile", None) or getattr(mp, "selinux_context", None):
+            plan.mac = mp
+
+
+def release(plan: Plan) -> None:
+    if plan.cgroup is not None:
+        try:
+            plan.cgroup.destroy()
+        except Exception:  # noqa: BLE001 - best effort; reap_stale retries next start
+            pass
+        plan.cgroup = None
+    plan.idmap.release()
+
+
+def _read_msg(fd: int, buf: bytearray, deadline: float | None) -> dict | None:
+    """Next JSON line from the status pipe; None on EOF."""
+    while b"\n" not in buf:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SbxError("sandbox setup timed out")
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                raise SbxError("sandbox setup timed out")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        buf.extend(chunk)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    try:
+        return json.loads(line)
+    except ValueError:
+        return {"error": "garbled message from the sandbox", "code": EXIT_REFUSED}
+
+
+def _expect(chan: _Chan, buf: bytearray, key: str) -> dict:
+    msg = _read_msg(chan.status_r, buf, time.monotonic() + SETUP_TIMEOUT)
+    if msg is None:
+        raise SbxError(f"sandbox setup died before '{key}'")
+    if "error" in msg:
+        raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED), where=msg.get("where"))
+    if "exec_error" in msg:
+        raise _ExecError(msg)
+    if key not in msg:
+        raise SbxError(f"sandbox setup out of order: expected '{key}', got {sorted(msg)}")
+    return msg
+
+
+class _ExecError(Exception):
+    def __init__(self, msg: dict):
+        self.msg = msg
+
+
+def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=None) -> Result:
+    """Run one sandbox to completion. Raises SbxError for refusals (exit 125)."""
+    from .profiles import new_id
+
+    sid = sandbox_id or new_id()
+    t0 = time.monotonic()
+    plan = prepare(spec, sid)
+    record: dict = {"id": sid, "spec_digest": spec.digest(), "profile": spec.profile, "argv": list(spec.argv),
+                    "notes": plan.notes, "features": plan.features, "idmap": plan.idmap.describe(),
+                    "started": time.time()}
+    if plan.cgroup is not None:
+        record["cgroup"] = plan.cgroup.describe()
+    chan = _Chan()
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        release(plan)
+        raise SbxError(f"fork failed: {e.strerror}") from None
+    if pid == 0:
+        _setup_child(plan, chan, parent)
+    chan.parent_close()
+    buf = bytearray()
+    init_pid = workload_pid = None
+    timed_out = False
+    try:
+        try:
+            if plan.cgroup is not None:
+                plan.cgroup.attach(pid)
+            os.write(chan.ctl_w, b"1")
+            _expect(chan, buf, "stage")
+            from . import userns
+            userns.write_maps(pid, plan.idmap)
+            os.write(chan.ctl_w, b"2")
+            init_pid = _expect(chan, buf, "init")["init"]
+            ready = _expect(chan, buf, "ready")["ready"]
+            record["landlock_abi"] = ready.get("landlock_abi")
+            kids = facts.read_children(init_pid)
+            if len(kids) != 1:
+                raise VerifyError(f"expected one workload process under the sandbox init, found {kids}")
+            workload_pid = kids[0]
+            f = facts.read(workload_pid, host_pid=parent)
+            from .verify import check
+            v = check(spec, f, host_uid=plan.idmap.host_uid(spec.uid),
+                      host_gid=_host_gid(plan.idmap, spec.gid),
+                      seccomp_expected=plan.seccomp_bpf is not None, cgroup=plan.cgroup)
+            record["verification"] = v.to_dict()
+            if not v.ok:
+                raise VerifyError("verification failed, workload killed before exec: " + "; ".join(v.problems))
+            os.write(chan.ctl_w, b"G")
+            # EOF on the status pipe: the workload exec'd (its end is close-on-exec).
+            msg = _read_msg(chan.status_r, buf, time.monotonic() + SETUP_TIMEOUT)
+            if msg is not None and "exec_error" in msg:
+                raise _ExecError(msg)
+            if msg is not None and "error" in msg:
+                raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED))
+            if plan.mac is not None:
+                from . import mac
+                from .verify import check_label
+                problem = check_label(workload_pid, mac.expected_label(plan.mac))
+                if problem:
+                    raise VerifyError("verification failed after exec, workload killed: " + problem)
+                record["lsm_label"] = facts.read_lsm_label(workload_pid) if problem is None else None
+        except _ExecError as e:
+            code = e.msg.get("code", EXIT_NOT_EXECUTABLE)
+            _print(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get('exec_error')}")
+            status = _reap(pid)
+            record.update(exit_code=code, finished=time.time())
+            return Result(code, sid, record)
+        except BaseException:
+            _kill_tree(pid, plan)
+            _reap(pid)
+            raise
+        record["startup_ms"] = round((time.monotonic() - t0) * 1000, 2)
+        if on_started is not None:
+            on_started(sid, pid, init_pid, workload_pid)
+        status, timed_out = _wait(pid, init_pid, spec.timeout, plan)
+        from .initproc import status_to_code
+        code = EXIT_TIMEOUT if timed_out else status_to_code(status)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_REFUSED:
+            # Our setup child itself failed late (after exec this cannot happen; keep the code).
+            pass
+        oom = False
+        if plan.cgroup is not None:
+            try:
+                oom = bool(plan.cgroup.oom_killed())
+                hits = plan.cgroup.pids_max_hits()
+                record["limits_hit"] = {"oom_kill": oom, "pids_max": hits}
+            except Exception as e:  # noqa: BLE001
+                record["limits_hit"] = {"error": str(e)}
+        if oom:
+            mem = spec.resources.memory
+            _print(stderr, f"sbx: sandbox {sid[:12]} was killed by the OOM killer at its memory limit"
+                           f" ({mem} bytes)" if mem else "")
+        record.update(exit_code=code, finished=time.time(), timed_out=timed_out, oom_killed=oom)
+        return Result(code, sid, record, oom_killed=oom, timed_out=timed_out)
+    finally:
+        _close(chan.ctl_w)
+        _close(chan.status_r)
+        release(plan)
+
+
+def _host_gid(idmap, gid: int) -> int | None:
+    for i, o, c in idmap.gid_map:
+        if i <= gid < i + c:
+            return o + gid - i
+    return None
+
+
+def _print(stream, text: str) -> None:
+    if not text:
+        return
+    stream = stream or sys.stderr
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _kill_tree(pid: int, plan: Plan) -> None:
+    # SIGKILL on the setup child takes init (parent-death signal), and init's death the whole pid ns.
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if plan.cgroup is not None:
+        try:
+            plan.cgroup.kill_all()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 0
+
+
+_FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+            signal.SIGWINCH)
+
+
+def _wait(pid: int, init_pid: int, timeout: float | None, plan: Plan) -> tuple[int, bool]:
+    """Wait for the sandbox; forward signals to its init; enforce --timeout. Returns (status, timed_out)."""
+    import threading
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        tty_fg = False
+        try:
+            tty_fg = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+        except OSError:
+            pass
+
+        def forward(signo, _frame):
+            # A terminal's ^C/^\ already reached the workload (same process group); don't double it.
+            if tty_fg and signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH):
+                return
+            try:
+                os.kill(init_pid, signo)
+            except ProcessLookupError:
+                pass
+        for s in _FORWARD:
+            old[s] = signal.signal(s, forward)
+    try:
+        pidfd = os.pidfd_open(pid)
+        try:
+            deadline = time.monotonic() + timeout if timeout else None
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                r, _, _ = select.select([pidfd], [], [], left)
+                if r:
+                    return _reap(pid), False
+                if deadline is not None and time.monotonic() >= deadline:
+                    _kill_tree(pid, plan)
+                    return _reap(pid), True
+        finally:
+            os.close(pidfd)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

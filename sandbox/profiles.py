@@ -1,0 +1,598 @@
+"""Profiles: load YAML (with `extends:`), validate, merge flags, produce the Spec.
+
+Unknown keys are rejected and every error names file:line:column and the
+field, so a typo never silently weakens a sandbox.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import secrets
+from dataclasses import replace
+
+from .errors import SpecError
+from .facts import CAP_NAMES
+from .spec import (IF_AVAILABLE, LEVELS, NETWORK_MODES, Bind, Filesystem, Port, Resources, Rlimit, Security,
+                   Spec)
+from .yamlmarks import Doc, load
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# key -> kind. Nested dicts are sub-schemas. Kinds: str, bool, int, num, size, list, map, level, caps, rlimits.
+SCHEMA: dict = {
+    "name": "str", "description": "str", "extends": "str",
+    "user": {"uid": "int", "gid": "int", "allow_root": "bool"},
+    "hostname": "str", "cwd": "str", "env": "map", "timeout": "num",
+    "filesystem": {
+        "rootfs": "str?", "read_only": "bool", "tmp_size": "size", "shm_size": "size", "sys": "bool",
+        "binds": "list", "binds_readonly_default": "bool", "etc": "list",
+        "masked_paths": "list", "readonly_paths": "list",
+    },
+    "network": "str", "egress": "bool",
+    "capabilities": {"keep": "caps", "allow_add": "bool"},
+    "security": {
+        "no_new_privs": "bool", "seccomp": "str", "allow_unconfined_seccomp": "bool", "landlock": "level",
+        "apparmor": {"profile": "str?", "level": "level"},
+        "selinux": {"type": "str?", "level": "str?", "mode": "level"},
+    },
+    "resources": {
+        "memory": "size?", "memory_swap": "size?", "cpus": "num?", "cpu_period": "int", "cpu_shares": "int?",
+        "cpuset_cpus": "str?", "cpuset_mems": "str?", "pids_limit": "int?",
+    },
+    "rlimits": "rlimits",
+    "degrade": "str",
+}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_ENVKEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_size(v, what: str = "size") -> int:
+    """Docker-style sizes: 512m, 1g, 1048576; -1 means unlimited."""
+    if isinstance(v, bool):
+        raise ValueError(f"{what} must be a size like 512m, not a boolean")
+    if isinstance(v, int):
+        if v < -1:
+            raise ValueError(f"{what} must be >= 0 or -1 (unlimited)")
+        return v
+    if isinstance(v, str):
+        if v.strip() == "-1":
+            return -1
+        m = _SIZE.match(v)
+        if m:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise ValueError(f"{what} '{v}' is not a size (examples: 64m, 1g, 1048576, -1)")
+
+
+def parse_rlimit(name: str, v) -> Rlimit:
+    def one(x) -> int:
+        if isinstance(x, bool):
+            raise ValueError("not a number")
+        if isinstance(x, int):
+            return x
+        x = str(x).strip()
+        if x in ("unlimited", "-1", "infinity"):
+            return -1
+        return int(x) if x.isdigit() else parse_size(x)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return Rlimit(name, v, v)
+    s = str(v)
+    soft, _, hard = s.partition(":")
+    try:
+        return Rlimit(name, one(soft), one(hard) if hard else one(soft))
+    except ValueError:
+        raise ValueError(f"ulimit {name}='{v}' must be SOFT[:HARD] numbers or 'unlimited'") from None
+
+
+def builtin_dir(kind: str) -> str:
+    """profiles/ or policies/: from the installed wheel, else the checkout."""
+    pkg = {"profiles": "sandbox.builtin_profiles", "policies": "sandbox.builtin_policies"}[kind]
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), kind)
+
+
+def builtin_profiles() -> list[str]:
+    d = builtin_dir("profiles")
+    return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml"))
+
+
+def profile_path(ref: str, relative_to: str | None = None) -> str:
+    """A name ('strict') is a built-in profile; anything with a slash or .yaml suffix is a path."""
+    if "/" in ref or ref.endswith((".yaml", ".yml")):
+        if relative_to and not os.path.isabs(ref):
+            return os.path.join(os.path.dirname(relative_to), ref)
+        return ref
+    if not re.match(r"^[A-Za-z0-9_.-]+$", ref):
+        raise SpecError(f"bad profile name '{ref}'", where="--profile")
+    path = os.path.join(builtin_dir("profiles"), ref + ".yaml")
+    if not os.path.exists(path):
+        raise SpecError(f"no built-in profile '{ref}' (have: {', '.join(builtin_profiles())})", where="--profile")
+    return path
+
+
+def _validate(doc: Doc, data, schema: dict, prefix: str) -> None:
+    if not isinstance(data, dict):
+        raise doc.error(prefix, "must be a mapping")
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in schema:
+            known = ", ".join(sorted(schema))
+            raise doc.error(key, f"unknown key (known here: {known})")
+        kind = schema[k]
+        if isinstance(kind, dict):
+            _validate(doc, v, kind, key)
+            continue
+        optional = kind.endswith("?")
+        kind = kind.rstrip("?")
+        if v is None and optional:
+            continue
+        ok = {
+            "str": lambda x: isinstance(x, str),
+            "bool": lambda x: isinstance(x, bool),
+            "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
+            "num": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+            "size": lambda x: isinstance(x, (int, str)) and not isinstance(x, bool),
+            "list": lambda x: isinstance(x, list),
+            "map": lambda x: isinstance(x, dict),
+            "level": lambda x: x in LEVELS,
+            "caps": lambda x: isinstance(x, list),
+            "rlimits": lambda x: isinstance(x, dict),
+        }[kind](v)
+        if not ok:
+            expect = {"level": f"one of {', '.join(LEVELS)}", "num": "a number", "int": "an integer",
+                      "map": "a mapping", "rlimits": "a mapping of name: SOFT[:HARD]", "caps": "a list of capabilities",
+                      "size": "a size like 64m"}.get(kind, f"a {kind}")
+            raise doc.error(key, f"must be {expect}, got {type(v).__name__} {v!r}"[:300])
+        if kind == "size":
+            try:
+                parse_size(v, k)
+            except ValueError as e:
+                raise doc.error(key, str(e)) from None
+        if kind == "caps":
+            for i, c in enumerate(v):
+                try:
+                    normalize_cap(c)
+                except ValueError as e:
+                    raise doc.error(f"{key}[{i}]", str(e)) from None
+        if kind == "rlimits":
+            from .rlimits import NAMES
+            for rk, rv in v.items():
+                if rk not in NAMES:
+                    raise doc.error(f"{key}.{rk}", f"unknown rlimit (known: {', '.join(sorted(NAMES))})")
+                try:
+                    parse_rlimit(rk, rv)
+                except ValueError as e:
+                    raise doc.error(f"{key}.{rk}", str(e)) from None
+        if kind == "map":
+            for mk, mv in v.items():
+                if not isinstance(mv, (str, int, float)) or isinstance(mv, bool):
+                    raise doc.error(f"{key}.{mk}", "must be a string")
+
+
+def normalize_cap(c) -> str:
+    if not isinstance(c, str):
+        raise ValueError(f"capability must be a name, got {c!r}")
+    n = c.upper()
+    if n.startswith("CAP_"):
+        n = n[4:]
+    if n == "ALL":
+        return n
+    if n not in CAP_NAMES:
+        import difflib
+        near = difflib.get_close_matches(n, CAP_NAMES, 1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ValueError(f"unknown capability '{c}'{hint}")
+    return n
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_profile(ref: str, _seen: tuple[str, ...] = (), _rel: str | None = None) -> tuple[dict, list[Doc]]:
+    """Load a profile and everything it extends; returns merged data and the docs (for error locations)."""
+    path = profile_path(ref, _rel)
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise SpecError(f"extends cycle: {' -> '.join(_seen + (real,))}", where=path)
+    doc = load(path)
+    if not isinstance(doc.data, dict):
+        raise doc.error("", "a profile must be a mapping")
+    _validate(doc, doc.data, SCHEMA, "")
+    data = doc.data
+    docs = [doc]
+    if "extends" in data:
+        base, bdocs = load_profile(data["extends"], _seen + (real,), path)
+        docs = bdocs + docs
+        data = _merge(base, {k: v for k, v in data.items() if k != "extends"})
+    return data, docs
+
+
+def parse_bind(text: str, default_ro: bool) -> Bind:
+    parts = text.split(":")
+    if len(parts) == 2:
+        src, dst, mode = parts[0], parts[1], None
+    elif len(parts) == 3:
+        src, dst, mode = parts
+    else:
+        raise ValueError(f"bind '{text}' must be SRC:DST[:ro|rw]")
+    if mode not in (None, "ro", "rw"):
+        raise ValueError(f"bind '{text}': mode must be ro or rw, not '{mode}'")
+    if not src or not os.path.isabs(src):
+        raise ValueError(f"bind '{text}': source must be an absolute path")
+    if not dst.startswith("/") or ".." in dst.split("/"):
+        raise ValueError(f"bind '{text}': destination must be an absolute path without '..'")
+    if os.path.normpath(dst) in ("/", "/proc", "/dev", "/sys") or dst.startswith(("/proc/", "/dev/", "/sys/")):
+        raise ValueError(f"bind '{text}': cannot bind over {dst}")
+    return Bind(os.path.abspath(src), os.path.normpath(dst), default_ro if mode is None else mode == "ro")
+
+
+def parse_port(text: str) -> Port:
+    proto = "tcp"
+    body = text
+    if "/" in text:
+        body, proto = text.rsplit("/", 1)
+    if proto not in ("tcp", "udp"):
+        raise ValueError(f"port '{text}': protocol must be tcp or udp")
+    parts = body.split(":")
+    try:
+        if len(parts) == 2:
+            ip, hp, cp = "0.0.0.0", int(parts[0]), int(parts[1])
+        elif len(parts) == 3:
+            ip, hp, cp = parts[0] or "0.0.0.0", int(parts[1]), int(parts[2])
+        else:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"port '{text}' must be [HOSTIP:]HOSTPORT:CTRPORT[/tcp|udp]") from None
+    for p in (hp, cp):
+        if not 1 <= p <= 65535:
+            raise ValueError(f"port '{text}': {p} is out of range")
+    import ipaddress
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValueError(f"port '{text}': '{ip}' is not an IP address") from None
+    return Port(ip, hp, cp, proto)
+
+
+def parse_env_file(path: str) -> list[tuple[str, str]]:
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                line = line.rstrip("\n")
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                k, sep, v = line.partition("=")
+                if not _ENVKEY.match(k.strip()):
+                    raise SpecError(f"bad variable name '{k.strip()}'", where=f"{path}:{n}")
+                if not sep:
+                    if k.strip() in os.environ:  # docker: a bare NAME takes the caller's value
+                        out.append((k.strip(), os.environ[k.strip()]))
+                    continue
+                out.append((k.strip(), v))
+    except OSError as e:
+        raise SpecError(f"cannot read env file: {e.strerror}", where=path) from None
+    except UnicodeDecodeError:
+        raise SpecError("env file is not UTF-8", where=path) from None
+    return out
+
+
+def _flag_error(flag: str, msg: str) -> SpecError:
+    return SpecError(msg, where=flag)
+
+
+def resolve(argv, profile: str = "strict", **flags) -> Spec:
+    """Profile YAML (+extends) + flags -> Spec. Flags use the CLI's names (memory='512m', cap_add=[...], ...)."""
+    data, docs = load_profile(profile)
+    doc = docs[-1]
+
+    def where(key: str) -> Doc:
+        for d in reversed(docs):
+            if d.where(key) != d.path or key in d.marks:
+                return d
+        return doc
+
+    def g(path: str, default=None):
+        cur = data
+        for part in path.split("."):
+            if not isinstance(cur, dict) or part not in cur:
+                return default
+            cur = cur[part]
+        return cur
+
+    user = g("user", {}) or {}
+    uid = user.get("uid", 65534)
+    gid = user.get("gid", uid)
+    allow_root = bool(user.get("allow_root", False))
+    if flags.get("user"):
+        u = str(flags["user"])
+        a, _, b = u.partition(":")
+        try:
+            uid = int(a)
+            gid = int(b) if b else uid
+        except ValueError:
+            raise _flag_error("-u", f"'{u}' must be UID[:GID] numbers") from None
+    for what, v in (("uid", uid), ("gid", gid)):
+        if not isinstance(v, int) or not 0 <= v < 65536:
+            raise _flag_error("-u", f"{what} {v} must be between 0 and 65535")
+    if (uid == 0 or gid == 0) and not allow_root:
+        raise _flag_error("-u", f"profile '{g('name', profile)}' does not allow uid/gid 0 in the sandbox "
+                                "(set user.allow_root: true in a profile that extends it)")
+
+    # Environment: clean, never the host's.
+    env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOME": "/tmp"}
+    env.update({k: str(v) for k, v in (g("env", {}) or {}).items()})
+    if flags.get("env_file"):
+        for f in flags["env_file"]:
+            env.update(parse_env_file(f))
+    for e in flags.get("env") or ():
+        k, sep, v = e.partition("=")
+        if not _ENVKEY.match(k):
+            raise _flag_error("-e", f"bad variable name '{k}'")
+        if not sep:
+            if k in os.environ:
+                env[k] = os.environ[k]
+            continue
+        env[k] = v
+
+    fsd = g("filesystem", {}) or {}
+    default_ro = bool(fsd.get("binds_readonly_default", True))
+    binds = []
+    for i, b in enumerate(fsd.get("binds", []) or []):
+        try:
+            binds.append(parse_bind(str(b), default_ro))
+        except ValueError as e:
+            raise where("filesystem.binds").error(f"filesystem.binds[{i}]", str(e)) from None
+    for b in flags.get("volume") or ():
+        try:
+            binds.append(parse_bind(b, default_ro))
+        except ValueError as e:
+            raise _flag_error("-v", str(e)) from None
+    read_only = bool(fsd.get("read_only", True)) or bool(flags.get("read_only"))
+    rootfs = flags.get("rootfs") or fsd.get("rootfs")
+    try:
+        filesystem = Filesystem(
+            rootfs=os.path.abspath(rootfs) if rootfs else None,
+            read_only=read_only,
+            tmp_size=parse_size(fsd.get("tmp_size", "64m")),
+            shm_size=parse_size(fsd.get("shm_size", "64m")),
+            sys=bool(fsd.get("sys", False)),
+            binds=tuple(binds),
+            etc_files=tuple(str(x) for x in fsd.get("etc", []) or []),
+            masked_paths=tuple(str(x) for x in fsd.get("masked_paths", []) or []),
+            readonly_paths=tuple(str(x) for x in fsd.get("readonly_paths", []) or []),
+        )
+    except ValueError as e:
+        raise doc.error("filesystem", str(e)) from None
+
+    network = flags.get("network") or g("network", "loopback")
+    if network not in NETWORK_MODES:
+        src = "--network" if flags.get("network") else where("network").where("network")
+        raise SpecError(f"network '{network}' must be one of {', '.join(NETWORK_MODES)}", where=src)
+    ports = []
+    for p in flags.get("publish") or ():
+        try:
+            ports.append(parse_port(p))
+        except ValueError as e:
+            raise _flag_error("-p", str(e)) from None
+    if ports and network != "bridge":
+        raise _flag_error("-p", f"publishing ports needs --network bridge (this sandbox's network is '{network}')")
+
+    capd = g("capabilities", {}) or {}
+    keep = {normalize_cap(c) for c in capd.get("keep", []) or []}
+    if "ALL" in keep:
+        keep = set(CAP_NAMES)
+    adds = []
+    for c in flags.get("cap_add") or ():
+        try:
+            adds.append(normalize_cap(c))
+        except ValueError as e:
+            raise _flag_error("--cap-add", str(e)) from None
+    if adds and not capd.get("allow_add", False):
+        raise _flag_error("--cap-add", f"profile '{g('name', profile)}' does not allow adding capabilities")
+    keep |= set(CAP_NAMES) if "ALL" in adds else set(adds)
+    for c in flags.get("cap_drop") or ():
+        try:
+            n = normalize_cap(c)
+        except ValueError as e:
+            raise _flag_error("--cap-drop", str(e)) from None
+        keep = set() if n == "ALL" else keep - {n}
+
+    secd = g("security", {}) or {}
+    aad = secd.get("apparmor", {}) or {}
+    sed = secd.get("selinux", {}) or {}
+    sec = Security(
+        capabilities=tuple(sorted(keep, key=CAP_NAMES.index)),
+        no_new_privs=bool(secd.get("no_new_privs", True)),
+        seccomp=str(secd.get("seccomp", "strict")),
+        seccomp_allow_unconfined=bool(secd.get("allow_unconfined_seccomp", False)),
+        landlock=secd.get("landlock", IF_AVAILABLE),
+        apparmor_profile=aad.get("profile", "sbx-default"),
+        apparmor=aad.get("level", IF_AVAILABLE),
+        selinux_type=sed.get("type", "sbx_t"),
+        selinux_level=sed.get("level"),
+        selinux=sed.get("mode", IF_AVAILABLE),
+    )
+    sec = _security_opts(sec, flags.get("security_opt") or (), g("name", profile))
+
+    resd = dict(g("resources", {}) or {})
+    try:
+        res = Resources(
+            memory=_size_or_none(flags.get("memory"), "--memory") if flags.get("memory") else _size_or_none(resd.get("memory"), "memory"),
+            memory_swap=_size_or_none(flags.get("memory_swap"), "--memory-swap") if flags.get("memory_swap") else _size_or_none(resd.get("memory_swap"), "memory_swap"),
+            cpus=_float_or_none(flags.get("cpus"), "--cpus") if flags.get("cpus") is not None else resd.get("cpus"),
+            cpu_period=int(resd.get("cpu_period", 100_000)),
+            cpu_shares=_int_or_none(flags.get("cpu_shares"), "--cpu-shares") if flags.get("cpu_shares") is not None else resd.get("cpu_shares"),
+            cpuset_cpus=_cpuset(flags.get("cpuset_cpus") or resd.get("cpuset_cpus"), "--cpuset-cpus"),
+            cpuset_mems=_cpuset(flags.get("cpuset_mems") or resd.get("cpuset_mems"), "--cpuset-mems"),
+            pids_limit=_int_or_none(flags.get("pids_limit"), "--pids-limit") if flags.get("pids_limit") is not None else resd.get("pids_limit"),
+        )
+    except ValueError as e:
+        raise doc.error("resources", str(e)) from None
+    if res.memory is not None and res.memory != -1 and res.memory < 4 * 1024 * 1024:
+        raise _flag_error("--memory", "memory limit below 4 MiB cannot start a process (docker's minimum is 6m)")
+    if res.memory_swap not in (None, -1) and res.memory not in (None, -1) and res.memory_swap < res.memory:
+        raise _flag_error("--memory-swap", "memory-swap is the total of memory and swap: it must be >= --memory")
+    if res.cpus is not None and res.cpus <= 0:
+        raise _flag_error("--cpus", "must be > 0")
+    if res.pids_limit is not None and res.pids_limit == 0:
+        raise _flag_error("--pids-limit", "must be > 0 (or -1 for unlimited)")
+
+    rl = {k: parse_rlimit(k, v) for k, v in (g("rlimits", {}) or {}).items()}
+    for u in flags.get("ulimit") or ():
+        name, sep, val = u.partition("=")
+        if not sep:
+            raise _flag_error("--ulimit", f"'{u}' must be NAME=SOFT[:HARD]")
+        from .rlimits import NAMES
+        if name not in NAMES:
+            raise _flag_error("--ulimit", f"unknown ulimit '{name}' (known: {', '.join(sorted(NAMES))})")
+        try:
+            rl[name] = parse_rlimit(name, val)
+        except ValueError as e:
+            raise _flag_error("--ulimit", str(e)) from None
+
+    degrade = g("degrade", "deny")
+    if degrade not in ("allow", "deny"):
+        raise where("degrade").error("degrade", "must be allow or deny")
+
+    hostname = flags.get("hostname") or g("hostname")
+    if hostname is not None and not _HOSTNAME.match(str(hostname)):
+        raise _flag_error("--hostname", f"'{hostname}' is not a valid hostname")
+    name = flags.get("name")
+    if name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", name):
+        raise _flag_error("--name", f"'{name}' must match [A-Za-z0-9][A-Za-z0-9_.-]*")
+    timeout = flags.get("timeout") if flags.get("timeout") is not None else g("timeout")
+    if timeout is not None and timeout <= 0:
+        raise _flag_error("--timeout", "must be > 0 seconds")
+
+    argv = tuple(argv)
+    if not argv:
+        raise _flag_error("CMD", "no command given (usage: sbx run [OPTIONS] -- CMD [ARG...])")
+    spec = Spec(
+        argv=argv,
+        profile=str(g("name", profile)),
+        name=name,
+        uid=uid, gid=gid, allow_root=allow_root,
+        env=tuple(sorted(env.items())),
+        cwd=flags.get("workdir") or g("cwd", "/"),
+        hostname=hostname or (name or "sbx"),
+        filesystem=filesystem,
+        network=network,
+        ports=tuple(ports),
+        egress=bool(g("egress", False)),
+        security=sec,
+        resources=res,
+        rlimits=tuple(rl[k] for k in sorted(rl)),
+        timeout=timeout,
+        degrade=degrade == "allow",
+        policy=flags.get("policy"),
+        detach=bool(flags.get("detach")),
+        remove=bool(flags.get("rm")),
+        record=flags.get("record"),
+    )
+    return replace(spec, profile_digest=_profile_digest(docs))
+
+
+def _profile_digest(docs: list[Doc]) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.path.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _size_or_none(v, what: str):
+    if v is None:
+        return None
+    return parse_size(v, what)
+
+
+def _int_or_none(v, what: str):
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} '{v}' must be an integer") from None
+
+
+def _float_or_none(v, what: str):
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} '{v}' must be a number") from None
+
+
+_CPUSET = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def _cpuset(v, what: str):
+    if v is None:
+        return None
+    v = str(v).replace(" ", "")
+    if not _CPUSET.match(v):
+        raise _flag_error(what, f"'{v}' must be a list like 0-2,4")
+    return v
+
+
+def _security_opts(sec: Security, opts, profile_name: str) -> Security:
+    for opt in opts:
+        key, sep, val = opt.partition("=")
+        if key == "no-new-privileges":
+            if sep and val not in ("true", "1"):
+                if val in ("false", "0"):
+                    raise _flag_error("--security-opt", "no-new-privileges cannot be turned off in sbx")
+                raise _flag_error("--security-opt", f"no-new-privileges takes true/false, not '{val}'")
+            sec = replace(sec, no_new_privs=True)
+        elif key == "seccomp" and sep:
+            if val == "unconfined" and not sec.seccomp_allow_unconfined:
+                raise _flag_error("--security-opt", f"profile '{profile_name}' refuses seccomp=unconfined")
+            sec = replace(sec, seccomp=val)
+        elif key == "apparmor" and sep:
+            if val == "unconfined":
+                sec = replace(sec, apparmor="off", apparmor_profile=None)
+            else:
+                if not re.match(r"^[A-Za-z0-9_.:/-]+$", val):
+                    raise _flag_error("--security-opt", f"bad AppArmor profile name '{val}'")
+                sec = replace(sec, apparmor_profile=val, apparmor="required")
+        elif key == "label" and sep:
+            if val == "disable":
+                sec = replace(sec, selinux="off")
+                continue
+            for part in val.split(","):
+                lk, _, lv = part.partition(":")
+                if not re.match(r"^[A-Za-z0-9_.:,-]+$", lv or "-"):
+                    raise _flag_error("--security-opt", f"bad SELinux label part '{part}'")
+                if lk == "type":
+                    sec = replace(sec, selinux_type=lv, selinux="required")
+                elif lk == "level":
+                    sec = replace(sec, selinux_level=lv, selinux="required")
+                else:
+                    raise _flag_error("--security-opt", f"label option '{lk}' must be type or level")
+        elif key == "landlock" and sep and val in ("required", "if-available", "off"):
+            sec = replace(sec, landlock=val)
+        else:
+            raise _flag_error("--security-opt", f"unknown option '{opt}' (apparmor=P, label=type:T,level:L, "
+                                                "seccomp=FILE|unconfined, no-new-privileges, landlock=LEVEL)")
+    return sec
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)

@@ -1,0 +1,114 @@
+"""YAML loading that remembers where every value came from (file:line:column).
+
+Profile and policy errors must name the file, line and field, so we compose
+the node graph ourselves instead of using yaml.safe_load.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .errors import SpecError
+
+MAX_BYTES = 1 << 20
+
+
+@dataclass
+class Doc:
+    """Plain data plus a side table: dotted key path -> (line, column), 1-based."""
+
+    data: object
+    path: str
+    marks: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, key: str) -> str:
+        while key:
+            if key in self.marks:
+                line, col = self.marks[key]
+                return f"{self.path}:{line}:{col}"
+            key = key.rpartition(".")[0]
+        return self.path
+
+    def error(self, key: str, message: str) -> SpecError:
+        return SpecError(f"{key}: {message}" if key else message, where=self.where(key))
+
+
+def _construct(node, key: str, marks: dict, depth: int = 0):
+    import yaml
+
+    if depth > 50:
+        raise SpecError("nesting too deep", where=f"{node.start_mark.line + 1}:{node.start_mark.column + 1}")
+    marks[key] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise SpecError("mapping keys must be plain names",
+                                where=f"{knode.start_mark.line + 1}:{knode.start_mark.column + 1}")
+            k = str(knode.value)
+            sub = f"{key}.{k}" if key else k
+            if k in out:
+                raise _Located(sub, "duplicate key", knode)
+            marks[sub] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
+            out[k] = _construct(vnode, sub, marks, depth + 1)
+            marks[sub] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, f"{key}[{i}]", marks, depth + 1) for i, v in enumerate(node.value)]
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as e:
+        raise _Located(key, f"bad value: {getattr(e, 'problem', e)}", node) from None
+    finally:
+        loader.dispose()
+
+
+class _Located(Exception):
+    def __init__(self, key: str, msg: str, node):
+        self.key, self.msg, self.node = key, msg, node
+
+
+def load(path: str, text: str | None = None) -> Doc:
+    """Parse a YAML file into a Doc. Any problem -> SpecError naming path:line:col."""
+    import yaml
+
+    if text is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                raw = os.read(fd, MAX_BYTES + 1)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SpecError(f"cannot read: {e.strerror}", where=path) from None
+        if len(raw) > MAX_BYTES:
+            raise SpecError(f"file larger than {MAX_BYTES} bytes", where=path)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecError(f"not UTF-8 (byte {e.start})", where=path) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        m = e.problem_mark or e.context_mark
+        where = f"{path}:{m.line + 1}:{m.column + 1}" if m else path
+        raise SpecError(f"invalid YAML: {e.problem or e.context}", where=where) from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"invalid YAML: {e}", where=path) from None
+    except RecursionError:
+        raise SpecError("invalid YAML: nesting too deep", where=path) from None
+    marks: dict[str, tuple[int, int]] = {}
+    if node is None:
+        return Doc({}, path, marks)
+    try:
+        data = _construct(node, "", marks)
+    except _Located as e:
+        m = e.node.start_mark
+        raise SpecError(f"{e.key}: {e.msg}", where=f"{path}:{m.line + 1}:{m.column + 1}") from None
+    except SpecError as e:
+        e.where = f"{path}:{e.where}" if e.where else path
+        raise
+    except RecursionError:
+        raise SpecError("invalid YAML: nesting too deep", where=path) from None
+    return Doc(data, path, marks)
