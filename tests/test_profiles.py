@@ -1,0 +1,98 @@
+"""Profiles and flags: bad input is one line naming file:line and the field, exit 125; never a traceback."""
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+
+from tests.sbxrun import PROFILE, sbx
+
+
+def _bad(tmp_path, body: str, *flags: str):
+    f = tmp_path / "p.yaml"
+    f.write_text(textwrap.dedent(body))
+    p = sbx("run", "--profile", str(f), *flags, "--", "/bin/true")
+    assert p.returncode == 125, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    assert p.stderr.count("\n") == 1, p.stderr
+    return p.stderr
+
+
+def test_unknown_key_names_file_line_and_field(tmp_path):
+    err = _bad(tmp_path, """\
+        extends: strict
+        filesystem:
+          read_only: true
+          tmp_sise: 10m
+        """)
+    assert f"{tmp_path}/p.yaml:4:3" in err and "filesystem.tmp_sise" in err and "unknown key" in err
+
+
+def test_wrong_type_and_bad_size(tmp_path):
+    err = _bad(tmp_path, "extends: strict\nresources:\n  pids_limit: lots\n")
+    assert "p.yaml:3:" in err and "resources.pids_limit" in err
+    err = _bad(tmp_path, "extends: strict\nfilesystem:\n  tmp_size: 12 parsecs\n")
+    assert "p.yaml:3:" in err and "tmp_size" in err
+
+
+def test_invalid_yaml_and_unknown_capability(tmp_path):
+    err = _bad(tmp_path, "extends: strict\nnetwork: [unclosed\n")
+    assert "p.yaml:" in err and "invalid YAML" in err
+    err = _bad(tmp_path, "extends: strict\ncapabilities:\n  keep: [NET_BIND_SERVIC]\n")
+    assert "p.yaml:3:" in err and "NET_BIND_SERVICE" in err  # nearest-name suggestion
+
+
+def test_extends_cycle_and_missing_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    p = sbx("run", "--profile", str(tmp_path / "a.yaml"), "--", "/bin/true")
+    assert p.returncode == 125 and "cycle" in p.stderr
+    err = _bad(tmp_path, "extends: nosuchprofile\n")
+    assert "no built-in profile 'nosuchprofile'" in err
+
+
+def test_extends_merges_and_overrides(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("extends: strict\nhostname: mybox\nrlimits:\n  nofile: 256:256\n")
+    p = sbx("run", "--profile", str(f), "--", "/bin/sh", "-c", "hostname; ulimit -n; id -u")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["mybox", "256", "65534"]
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (("-u", "0"), "does not allow uid/gid 0"),
+    (("--cap-add", "SYS_ADMIN"), "does not allow adding capabilities"),
+    (("--cap-add", "SYS_ADMN"), "did you mean SYS_ADMIN"),
+    (("--security-opt", "seccomp=unconfined"), "refuses seccomp=unconfined"),
+    (("--security-opt", "bogus=1"), "unknown option"),
+    (("--memory", "lots"), "not a size"),
+    (("--network", "host"), "must be one of"),
+    (("-v", "relative:/x"), "absolute"),
+    (("-v", "/tmp:/proc/x"), "cannot bind over"),
+    (("-p", "8080:80"), "needs --network bridge"),
+    (("--ulimit", "nofiles=1"), "unknown ulimit"),
+    (("--bogus-flag",), "No such option"),
+])
+def test_bad_flags_are_one_line_125(flags, needle):
+    p = sbx("run", "--profile", PROFILE, *flags, "--", "/bin/true")
+    assert p.returncode == 125, (flags, p.stderr)
+    assert needle in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_default_profile_allows_cap_add_and_keeps_docker_caps():
+    p = sbx("run", "--profile", "default", "--cap-add", "NET_ADMIN", "--", "/bin/sh", "-c",
+            "grep CapEff /proc/self/status")
+    assert p.returncode == 0, p.stderr
+    eff = int(p.stdout.split()[1], 16)
+    assert eff & (1 << 12), "NET_ADMIN (12) missing"
+    assert eff & (1 << 0) and eff & (1 << 10), "docker default caps CHOWN/NET_BIND_SERVICE missing"
+    assert not eff & (1 << 21), "SYS_ADMIN must not be there"
+
+
+def test_profile_list_and_show_from_any_directory(tmp_path):
+    p = sbx("profile", "list")
+    assert "strict" in p.stdout and "default" in p.stdout
+    p = sbx("profile", "show", "strict")
+    assert "name: strict" in p.stdout
