@@ -51,6 +51,7 @@ class Plan:
     seccomp_bpf: bytes | None = None
     landlock_rules: list | None = None
     mac: object = None
+    net: object = None  # bridge networking plan: .attach(setup_pid) after unshare, .release() at the end
     notes: list[str] = field(default_factory=list)
     features: dict = field(default_factory=dict)
 
@@ -293,8 +294,9 @@ def prepare(spec: Spec, sandbox_id: str) -> Plan:
                 for d in plan.cgroup.degraded:
                     plan.notes.append(f"degraded: {d} not enforced (profile allows degrade)")
             plan.features["cgroup"] = cgroups.detect()
-        if spec.network == "bridge" or spec.ports:
-            raise SbxError("network mode 'bridge' is not available in this build", where="--network")
+        if spec.network == "bridge":
+            from . import netbridge  # pyroute2 is imported there, and only for bridge mode
+            plan.net = netbridge.prepare(spec, sandbox_id)
         _preload(plan)
     except BaseException:
         release(plan)
@@ -345,6 +347,12 @@ def _prepare_security(plan: Plan) -> None:
 
 
 def release(plan: Plan) -> None:
+    if plan.net is not None:
+        try:
+            plan.net.release()
+        except Exception:  # noqa: BLE001 - best effort; netbridge reaps leftovers on next start
+            pass
+        plan.net = None
     if plan.cgroup is not None:
         try:
             plan.cgroup.destroy()
@@ -401,6 +409,9 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
     sid = sandbox_id or new_id()
     t0 = time.monotonic()
     plan = prepare(spec, sid)
+    for note in plan.notes:
+        if note.startswith("degraded"):
+            _print(stderr, f"sbx: warning: {note}")
     record: dict = {"id": sid, "spec_digest": spec.digest(), "profile": spec.profile, "argv": list(spec.argv),
                     "notes": plan.notes, "features": plan.features, "idmap": plan.idmap.describe(),
                     "started": time.time()}
@@ -427,6 +438,8 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             _expect(chan, buf, "stage")
             from . import userns
             userns.write_maps(pid, plan.idmap)
+            if plan.net is not None:
+                plan.net.attach(pid)  # veth into the new net namespace, before anything runs there
             os.write(chan.ctl_w, b"2")
             init_pid = _expect(chan, buf, "init")["init"]
             ready = _expect(chan, buf, "ready")["ready"]
