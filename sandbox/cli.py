@@ -1,15 +1,15 @@
 """The `sbx` command line: a thin layer over the importable API.
 
 Subcommands live in their own modules and are imported only when invoked, so
-`sbx run` never pays for audit, policy or pyroute2 imports.
+`sbx run` never pays for audit, policy or pyroute2 imports; the plain
+`sbx run [OPTIONS] -- CMD` case does not even import click (see cmd_run).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
-
-import click
 
 from .errors import EXIT_REFUSED, SbxError, escape
 
@@ -36,59 +36,69 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(n for n in COMMANDS if self._available(n))
-
-    @staticmethod
-    def _available(name: str) -> bool:
-        mod = COMMANDS[name][0]
-        return importlib.util.find_spec(mod) is not None
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        entry = COMMANDS.get(name)
-        if entry is None:
-            return None
-        try:
-            module = importlib.import_module(entry[0])
-        except ModuleNotFoundError as e:
-            if e.name == entry[0]:
-                return None  # verb not built into this version
-            raise
-        return getattr(module, entry[1])
+def _available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(COMMANDS[name][0]) is not None
+    except ModuleNotFoundError:
+        return False
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="sbx")
-def cli() -> None:
-    """sbx: security-first sandbox runner and container auditor."""
+def _group():
+    import click
+
+    class LazyGroup(click.Group):
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return sorted(n for n in COMMANDS if _available(n))
+
+        def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+            entry = COMMANDS.get(name)
+            if entry is None or not _available(name):
+                return None
+            return getattr(importlib.import_module(entry[0]), entry[1])
+
+    @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option("0.1.0", prog_name="sbx")
+    def cli() -> None:
+        """sbx: security-first sandbox runner and container auditor."""
+
+    return cli
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "run":
+        from .cmd_run import do_run, fast_parse
+        kw = fast_parse(argv[1:])
+        if kw is not None:
+            return do_run(kw.pop("profile"), kw.pop("explain"), kw.pop("record"), kw.pop("cmd"), **kw)
+    rv = _group().main(args=argv, prog_name="sbx", standalone_mode=False)
+    return rv if isinstance(rv, int) else 0
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        rv = cli.main(args=argv, prog_name="sbx", standalone_mode=False)
+        code = _dispatch(argv)
     except SbxError as e:
-        click.echo(e.line(), err=True)
+        sys.stderr.write(e.line() + "\n")
         sys.exit(e.code)
-    except click.exceptions.Abort:
-        click.echo("sbx: aborted", err=True)
-        sys.exit(EXIT_REFUSED)
-    except click.exceptions.ClickException as e:
-        # Bad flags are sbx refusing to run, as in docker: exit 125, one line.
-        msg = e.format_message()
-        ctx = getattr(e, "ctx", None)
-        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        click.echo("sbx: " + escape(msg) + where, err=True)
-        sys.exit(EXIT_REFUSED)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(141)
     except Exception as e:  # noqa: BLE001 - never a traceback at the user; SBX_DEBUG=1 shows it
-        import os
+        import click
+        if isinstance(e, click.exceptions.Abort):
+            sys.stderr.write("sbx: aborted\n")
+            sys.exit(EXIT_REFUSED)
+        if isinstance(e, click.exceptions.ClickException):
+            # Bad flags are sbx refusing to run, as in docker: exit 125, one line.
+            ctx = getattr(e, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            sys.stderr.write("sbx: " + escape(e.format_message()) + where + "\n")
+            sys.exit(EXIT_REFUSED)
         if os.environ.get("SBX_DEBUG"):
             raise
-        click.echo(f"sbx: internal error: {escape(type(e).__name__ + ': ' + str(e))} (SBX_DEBUG=1 for a traceback)",
-                   err=True)
+        sys.stderr.write(f"sbx: internal error: {escape(type(e).__name__ + ': ' + str(e))} "
+                         "(SBX_DEBUG=1 for a traceback)\n")
         sys.exit(EXIT_REFUSED)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    sys.exit(code)

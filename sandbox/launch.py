@@ -404,9 +404,7 @@ class _ExecError(Exception):
 
 def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=None) -> Result:
     """Run one sandbox to completion. Raises SbxError for refusals (exit 125)."""
-    from .profiles import new_id
-
-    sid = sandbox_id or new_id()
+    sid = sandbox_id or os.urandom(32).hex()
     t0 = time.monotonic()
     plan = prepare(spec, sid)
     for note in plan.notes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import secrets
 from dataclasses import replace
 
 from .errors import SpecError
@@ -220,6 +219,12 @@ def load_profile(ref: str, _seen: tuple[str, ...] = (), _rel: str | None = None)
         docs = bdocs + docs
         data = _merge(base, {k: v for k, v in data.items() if k != "extends"})
     return data, docs
+
+
+def profile_chain(ref: str) -> list[str]:
+    """Every file a profile reads through `extends:` (for cache validation)."""
+    _, docs = load_profile(ref)
+    return [d.path for d in docs]
 
 
 def parse_bind(text: str, default_ro: bool) -> Bind:
@@ -595,4 +600,4 @@ def _security_opts(sec: Security, opts, profile_name: str) -> Security:
 
 
 def new_id() -> str:
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()

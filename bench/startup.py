@@ -1,0 +1,91 @@
+"""P1/P2: cold start of `sbx run --profile strict -- /bin/true` vs bwrap, runc, crun (same run, interleaved),
+and in-process API throughput vs a shell loop of bwrap.
+
+    sudo .venv/bin/python bench/startup.py [--n 30]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import SBX, busybox_rootfs, interleaved, med_ms, require, table  # noqa: E402
+
+BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr",
+         "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--cap-drop", "ALL", "/bin/true"]
+
+
+def oci_bundle(d: str, runtime: str) -> str:
+    busybox_rootfs(os.path.join(d, "rootfs"))
+    subprocess.run([runtime, "spec"], cwd=d, check=True)
+    with open(os.path.join(d, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["process"]["args"] = ["/bin/true"]
+    cfg["process"]["terminal"] = False
+    cfg["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+    cfg["root"]["readonly"] = True
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return d
+
+
+def ensure_hugetlb_v1() -> None:
+    # crun refuses v1-hybrid hosts where hugetlb is still on the unified hierarchy (HOST-NOTES).
+    if os.path.isdir("/sys/fs/cgroup/cpu") and not os.path.ismount("/sys/fs/cgroup/hugetlb"):
+        print("note: mounting the hugetlb controller as v1 at /sys/fs/cgroup/hugetlb (crun needs it here)", file=sys.stderr)
+        os.makedirs("/sys/fs/cgroup/hugetlb", exist_ok=True)
+        subprocess.run(["mount", "-t", "cgroup", "-o", "hugetlb", "cgroup", "/sys/fs/cgroup/hugetlb"], check=False)
+
+
+def api_throughput(seconds: float) -> float:
+    from sandbox import resolve, run
+    spec = resolve(["/bin/true"], profile="strict")
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        r = run(spec)
+        assert r.exit_code == 0
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def bwrap_loop(count: int) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["sh", "-c", f'i=0; while [ $i -lt {count} ]; do "$@" || exit 1; i=$((i+1)); done', "sh", *BWRAP],
+                   check=True)
+    return count / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    a = ap.parse_args()
+    require("bwrap", "runc", "crun", "busybox")
+    ensure_hugetlb_v1()
+    with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
+        cmds = {
+            "sbx strict": SBX + ["run", "--profile", "strict", "--", "/bin/true"],
+            "bwrap": BWRAP,
+            "runc": ["runc", "run", "-b", oci_bundle(d1, "runc"), f"bench-runc-{os.getpid()}"],
+            "crun": ["crun", "run", "-b", oci_bundle(d2, "crun"), f"bench-crun-{os.getpid()}"],
+        }
+        res = interleaved(cmds, a.n)
+    base = med_ms(res["runc"])
+    rows = [(k, f"{med_ms(v):.1f}", f"{med_ms(v) / base:.2f}x") for k, v in res.items()]
+    print("P1 cold start, median of", a.n, "(ms; ratio to runc)")
+    print(table(rows, ("runtime", "median ms", "vs runc")))
+    api = api_throughput(a.seconds)
+    bw = bwrap_loop(100)
+    print()
+    print(table([("sbx API (strict, sequential)", f"{api:.0f}/s", f"{api / bw:.2f}x"),
+                 ("bwrap shell loop", f"{bw:.0f}/s", "1.00x")], ("P2 throughput", "rate", "vs bwrap")))
+
+
+if __name__ == "__main__":
+    main()

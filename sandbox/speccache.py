@@ -1,0 +1,57 @@
+"""Cache of resolved Specs, so a warm `sbx run` neither imports yaml nor parses profiles.
+
+The key covers everything resolve() reads besides the profile files (flags,
+cwd for relative paths, env values that bare `-e NAME` would copy); the entry
+records (path, inode, size, mtime) of every profile file in the extends chain
+and of env files, and is used only while all of them are unchanged. Only
+successful resolutions are cached: errors are always recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from . import paths
+from .spec import Spec, spec_from_dict
+
+VERSION = 1
+
+
+def _stat_sig(path: str) -> list:
+    st = os.stat(path)
+    return [path, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _key(profile: str, flags: dict) -> str:
+    bare_env = {e: os.environ.get(e) for e in (flags.get("env") or ()) if "=" not in e}
+    blob = json.dumps([VERSION, profile, os.getcwd(), sorted((k, repr(v)) for k, v in flags.items()), bare_env,
+                       os.geteuid()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _dir() -> str:
+    return os.path.join(paths.cache_dir(), "specs")
+
+
+def resolve(argv, profile: str, **flags) -> Spec:
+    from dataclasses import replace
+    key = _key(profile, flags)
+    path = os.path.join(_dir(), key + ".json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = json.load(f)
+        if all(_stat_sig(s[0]) == s for s in entry["files"]):
+            return replace(spec_from_dict(entry["spec"]), argv=tuple(argv))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from .profiles import resolve as slow_resolve, profile_chain
+    spec = slow_resolve(argv, profile=profile, **flags)
+    try:
+        files = [_stat_sig(p) for p in profile_chain(profile)] + [_stat_sig(p) for p in flags.get("env_file") or ()]
+        paths.ensure_private_dir(paths.cache_dir())
+        paths.ensure_private_dir(_dir())
+        paths.atomic_write(path, json.dumps({"files": files, "spec": spec.to_dict()}).encode())
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+    return spec
