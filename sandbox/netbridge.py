@@ -1,0 +1,573 @@
+"""Bridge networking (`--network bridge`), done entirely from the sbx parent.
+
+Sandboxes on the bridge `sbx0` share one private subnet and reach each other
+directly. The subnet defaults to 172.31.240.0/20 (chosen away from podman's
+10.88.0.0/16 and docker's 172.17.0.0/16); set SBX_BRIDGE_SUBNET=a.b.c.d/N to
+use another private IPv4 subnet. The bridge takes the first host address (the
+sandboxes' default gateway); sandboxes get the others.
+
+Lifecycle, as launch.py drives it:
+- prepare(spec, id), before any fork: refuse if the host cannot do it; under a
+  flock in the state store (state_dir()/net): reap leftovers of dead sbx
+  processes, allocate an address, create sbx0 if missing, (re)write the nft
+  table `inet sbx` from the live allocations.
+- attach(pid), after the sandbox unshared its namespaces: a veth pair whose
+  peer is created directly inside /proc/PID/ns/net as eth0; address, link and
+  default route there over a netlink socket opened in that namespace (a
+  short-lived thread setns()es, opens it and exits, so no thread of sbx ever
+  stays in a sandbox's namespace); then the published-port proxy starts.
+- release(), always: proxy stopped, veth deleted, allocation removed, nft
+  table rewritten; with no sandbox left the table and sbx0 are removed too,
+  so an idle host carries nothing of sbx.
+A killed sbx leaves an allocation whose owner is dead (the kernel removes the
+veth with the sandbox's namespace, and the proxy dies with the process): the
+next prepare() reaps it (owner = pid + start time, so a reused pid is not
+mistaken for the owner). reap() does the same on demand.
+
+Firewall (own table, never touching anyone else's): sandboxes cannot open
+connections to the host itself (input from sbx0 only for established flows)
+nor be routed anywhere, except sandboxes whose profile allows egress: their
+addresses are in the set @egress, forwarded (not to link-local addresses,
+where cloud metadata services live) and masqueraded. ip_forward is switched on
+only while an egress sandbox runs, and restored if sbx switched it.
+
+pyroute2 is imported lazily: only bridge mode pays its import cost.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import SbxError, escape
+from .paths import atomic_write, ensure_private_dir, state_dir
+from .spec import Spec
+
+BRIDGE = "sbx0"
+VETH_PREFIX = "sbxv"  # host ends: sbxv + 11 hex of the sandbox id (IFNAMSIZ is 16 with the NUL)
+NFT_TABLE = "sbx"  # in the inet family
+DEFAULT_SUBNET = "172.31.240.0/20"
+SUBNET_ENV = "SBX_BRIDGE_SUBNET"
+CLONE_NEWNET = 0x40000000
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+
+
+# ---------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+
+    @property
+    def prefixlen(self) -> int:
+        return self.subnet.prefixlen
+
+
+def config() -> BridgeConfig:
+    text = os.environ.get(SUBNET_ENV) or DEFAULT_SUBNET
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as e:
+        raise SbxError(f"{SUBNET_ENV}='{escape(text)}' is not an IPv4 subnet: {e}") from None
+    if not 8 <= net.prefixlen <= 29:
+        raise SbxError(f"{SUBNET_ENV}={net}: prefix length must be between 8 and 29")
+    if not net.is_private or net.is_loopback or net.is_link_local or net.is_multicast:
+        raise SbxError(f"{SUBNET_ENV}={net} must be a private subnet (10/8, 172.16/12, 192.168/16)")
+    return BridgeConfig(net, next(net.hosts()))
+
+
+def veth_name(sandbox_id: str) -> str:
+    return VETH_PREFIX + sandbox_id[:11]
+
+
+def mac_for(ip: ipaddress.IPv4Address) -> str:
+    # Locally administered, derived from the address: a reused address keeps its
+    # MAC, so neighbour entries cached on sbx0 for a previous sandbox stay right.
+    b = ip.packed
+    return "02:5b:%02x:%02x:%02x:%02x" % tuple(b)
+
+
+# ---------------------------------------------------------------- state store
+
+def _net_dir() -> str:
+    d = ensure_private_dir(os.path.join(state_dir(), "net"))
+    ensure_private_dir(os.path.join(d, "alloc"))
+    return d
+
+
+@contextmanager
+def _locked():
+    """Exclusive flock over the allocation store (released by the kernel if sbx dies)."""
+    d = _net_dir()
+    fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield d
+    finally:
+        os.close(fd)
+
+
+def _starttime(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+@dataclass
+class _Alloc:
+    ip: str
+    sandbox_id: str
+    owner_pid: int
+    owner_start: int
+    veth: str
+    egress: bool
+
+    def alive(self) -> bool:
+        return _starttime(self.owner_pid) == self.owner_start
+
+
+def _read_allocs(d: str, cfg: BridgeConfig) -> dict[str, _Alloc]:
+    out: dict[str, _Alloc] = {}
+    adir = os.path.join(d, "alloc")
+    for name in os.listdir(adir):
+        if name.startswith("."):
+            continue
+        path = os.path.join(adir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                rec = json.loads(f.read(4096))
+            a = _Alloc(**rec)
+            ip = ipaddress.IPv4Address(a.ip)
+            if a.ip != name or not a.veth.startswith(VETH_PREFIX) or len(a.veth) > 15:
+                raise ValueError("inconsistent record")
+        except (OSError, ValueError, TypeError):
+            _unlink(path)  # unreadable or forged: an allocation we cannot trust is no allocation
+            continue
+        if ip not in cfg.subnet:
+            # Made under another SBX_BRIDGE_SUBNET: still holds the bridge while its owner lives.
+            pass
+        out[a.ip] = a
+    return out
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# ---------------------------------------------------------------- nftables
+
+def _nft_bin() -> str:
+    for cand in (shutil.which("nft"), "/usr/sbin/nft", "/sbin/nft"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise SbxError("--network bridge needs nftables (the 'nft' command) for its isolation rules; install nftables")
+
+
+def _nft(script: str) -> None:
+    p = subprocess.run([_nft_bin(), "-f", "-"], input=script.encode(), capture_output=True, timeout=20)
+    if p.returncode != 0:
+        err = p.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise SbxError("nftables refused sbx's rules: " + escape(err[0] if err else f"exit {p.returncode}"))
+
+
+def ruleset(egress_ips: list[str]) -> str:
+    """The whole `inet sbx` table for the given egress addresses (replaced atomically)."""
+    elems = f"\n    elements = {{ {', '.join(sorted(egress_ips))} }}" if egress_ips else ""
+    b = BRIDGE
+    return f"""table inet {NFT_TABLE}
+delete table inet {NFT_TABLE}
+table inet {NFT_TABLE} {{
+  set egress {{
+    type ipv4_addr;{elems}
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{b}" ct state established,related accept
+    iifname "{b}" drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "{b}" oifname "{b}" accept
+    iifname "{b}" ip daddr 169.254.0.0/16 drop
+    iifname "{b}" ip saddr @egress accept
+    oifname "{b}" ct state established,related accept
+    iifname "{b}" drop
+    oifname "{b}" drop
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr @egress oifname != "{b}" masquerade
+  }}
+}}
+"""
+
+
+def _nft_delete() -> None:
+    _nft(f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n")
+
+
+# ---------------------------------------------------------------- netlink helpers
+
+def _iproute():
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        raise SbxError("--network bridge needs the pyroute2 package (pip install pyroute2)") from None
+    return IPRoute
+
+
+def _netlink_socket_in(nsfd: int) -> socket.socket:
+    """A NETLINK_ROUTE socket bound to the namespace nsfd refers to.
+
+    A socket belongs to the namespace it was created in, so a throwaway thread
+    enters the namespace, creates it and ends: setns(CLONE_NEWNET) changes only
+    the calling thread, and that thread is gone afterwards.
+    """
+    out: dict = {}
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(nsfd, CLONE_NEWNET) != 0:
+            out["err"] = ctypes.get_errno()
+            return
+        try:
+            out["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                        socket.NETLINK_ROUTE)
+        except OSError as e:
+            out["err"] = e.errno
+
+    t = threading.Thread(target=enter, name="sbx-netns")
+    t.start()
+    t.join()
+    if "sock" not in out:
+        raise SbxError(f"cannot enter the sandbox's network namespace: {os.strerror(out.get('err') or 0)}")
+    return out["sock"]
+
+
+def _link_index(ipr, name: str) -> int | None:
+    idx = ipr.link_lookup(ifname=name)
+    return idx[0] if idx else None
+
+
+def _del_link(ipr, name: str) -> bool:
+    idx = _link_index(ipr, name)
+    if idx is None:
+        return False
+    try:
+        ipr.link("del", index=idx)
+    except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError
+        if getattr(e, "code", None) != errno.ENODEV:
+            raise
+    return True
+
+
+def _ensure_bridge(ipr, cfg: BridgeConfig) -> None:
+    idx = _link_index(ipr, BRIDGE)
+    want = (str(cfg.gateway), cfg.prefixlen)
+    if idx is not None:
+        link = ipr.get_links(idx)[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        if kind != "bridge":
+            raise SbxError(f"{BRIDGE} exists but is a '{kind}' link, not sbx's bridge; remove it or rename it")
+        addrs = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=socket.AF_INET)]
+        if want not in addrs:
+            have = ", ".join(f"{a}/{p}" for a, p in addrs) or "no address"
+            raise SbxError(f"{BRIDGE} has {have}, but the sandbox subnet is {cfg.subnet} "
+                           f"({SUBNET_ENV}); stop the sandboxes using it or set {SUBNET_ENV} to match")
+        if not link["flags"] & 1:
+            ipr.link("set", index=idx, state="up")
+        return
+    _check_overlap(ipr, cfg)
+    ipr.link("add", ifname=BRIDGE, kind="bridge")
+    idx = _link_index(ipr, BRIDGE)
+    _write_sysctl(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6", "1")  # IPv4 only: no link-local chatter
+    ipr.addr("add", index=idx, address=str(cfg.gateway), prefixlen=cfg.prefixlen)
+    ipr.link("set", index=idx, state="up")
+
+
+def _check_overlap(ipr, cfg: BridgeConfig) -> None:
+    """Refuse a subnet the host already routes elsewhere (it would hijack that traffic)."""
+    for r in ipr.get_routes(family=socket.AF_INET, table=254):
+        dst_len = r["dst_len"]
+        if dst_len == 0:
+            continue
+        dst = r.get_attr("RTA_DST")
+        if dst is None:
+            continue
+        net = ipaddress.IPv4Network(f"{dst}/{dst_len}", strict=False)
+        if net.overlaps(cfg.subnet):
+            raise SbxError(f"the sandbox subnet {cfg.subnet} overlaps the host route {net}; "
+                           f"choose another private subnet with {SUBNET_ENV}=...")
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except FileNotFoundError:
+        pass
+
+
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- the plan
+
+@dataclass
+class BridgeNet:
+    """What bridge mode set up for one sandbox; launch.py calls attach() and release()."""
+
+    sandbox_id: str
+    cfg: BridgeConfig
+    ip: ipaddress.IPv4Address
+    veth: str
+    egress: bool
+    ports: tuple
+    attached_pid: int | None = None
+    proxy: object = None
+    released: bool = False
+    timings_ms: dict = field(default_factory=dict)
+
+    def attach(self, pid: int) -> None:
+        """Wire the sandbox (its setup process is pid, already in its own netns) into sbx0."""
+        t0 = time.monotonic()
+        path = f"/proc/{pid}/ns/net"
+        try:
+            nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SbxError(f"cannot open the sandbox's network namespace ({path}): {e.strerror}") from None
+        try:
+            if os.fstat(nsfd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+                raise SbxError("the sandbox is still in the host's network namespace: refusing to wire it")
+            IPRoute = _iproute()
+            with IPRoute() as host:
+                host.link("add", ifname=self.veth, kind="veth",
+                          peer={"ifname": "eth0", "address": mac_for(self.ip), "net_ns_fd": nsfd})
+                idx = _link_index(host, self.veth)
+                bridge = _link_index(host, BRIDGE)
+                if idx is None or bridge is None:
+                    raise SbxError(f"{BRIDGE} or {self.veth} vanished while wiring the sandbox")
+                host.link("set", index=idx, master=bridge, state="up")
+            with IPRoute(use_socket=_netlink_socket_in(nsfd)) as inside:
+                eth = _link_index(inside, "eth0")
+                if eth is None:
+                    raise SbxError("the sandbox's eth0 was not created in its namespace")
+                inside.addr("add", index=eth, address=str(self.ip), prefixlen=self.cfg.prefixlen)
+                inside.link("set", index=eth, state="up")
+                inside.route("add", dst="0.0.0.0/0", gateway=str(self.cfg.gateway), oif=eth)
+        except SbxError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError and friends, as one line
+            raise SbxError(f"bridge networking: cannot wire the sandbox: {e}") from None
+        finally:
+            os.close(nsfd)
+        self.attached_pid = pid
+        self.timings_ms["attach"] = round((time.monotonic() - t0) * 1000, 2)
+        if self.ports:
+            from .portproxy import PortProxy
+            proxy = PortProxy(tuple(self.ports), str(self.ip))
+            proxy.start()
+            self.proxy = proxy
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.proxy is not None:
+            self.proxy.stop()
+        try:
+            with _iproute()() as host:
+                _del_link(host, self.veth)  # takes the peer in the sandbox's namespace with it
+        except SbxError:
+            pass
+        _forget(self.ip)
+
+    def describe(self) -> dict:
+        d = {"mode": "bridge", "bridge": BRIDGE, "subnet": str(self.cfg.subnet),
+             "address": f"{self.ip}/{self.cfg.prefixlen}", "gateway": str(self.cfg.gateway),
+             "interface": "eth0", "mac": mac_for(self.ip), "host_veth": self.veth,
+             "egress": self.egress, "nft_table": f"inet {NFT_TABLE}",
+             "ports": self.proxy.describe() if self.proxy is not None else
+             [{"host": f"{p.host_ip}:{p.host_port}/{p.proto}", "container": p.container_port} for p in self.ports]}
+        if self.timings_ms:
+            d["timings_ms"] = dict(self.timings_ms)
+        return d
+
+
+def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
+    """Refuse early if the host can't do bridge mode; allocate an address; bridge and firewall ready."""
+    t0 = time.monotonic()
+    if os.geteuid() != 0:
+        raise SbxError("--network bridge needs root (it creates the sbx0 bridge, veth pairs and nftables rules); "
+                       "rootless sandboxes can use --network loopback or none")
+    cfg = config()
+    _nft_bin()
+    seen = set()
+    for p in spec.ports:
+        key = (p.host_ip, p.host_port, p.proto)
+        if key in seen:
+            raise SbxError(f"port {p.host_ip}:{p.host_port}/{p.proto} is published twice", where="-p")
+        seen.add(key)
+    IPRoute = _iproute()
+    veth = veth_name(sandbox_id)
+    with _locked() as d:
+        allocs = _reap_locked(d, cfg)
+        if any(a.veth == veth or a.sandbox_id == sandbox_id for a in allocs.values()):
+            raise SbxError(f"sandbox id {sandbox_id[:12]} already has a bridge address")
+        ip = _pick(d, cfg, allocs)
+        me = os.getpid()
+        rec = _Alloc(str(ip), sandbox_id, me, _starttime(me) or 0, veth, bool(spec.egress))
+        atomic_write(os.path.join(d, "alloc", str(ip)), json.dumps(rec.__dict__).encode())
+        allocs[str(ip)] = rec
+        try:
+            with IPRoute() as host:
+                _ensure_bridge(host, cfg)
+            _apply_firewall(d, allocs)
+        except BaseException as e:
+            _unlink(os.path.join(d, "alloc", str(ip)))
+            allocs.pop(str(ip), None)
+            try:
+                _tidy_locked(d, allocs)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            if isinstance(e, SbxError):
+                raise
+            raise SbxError(f"bridge networking: cannot set up {BRIDGE}: {e}") from None
+    net = BridgeNet(sandbox_id, cfg, ip, veth, bool(spec.egress), tuple(spec.ports))
+    net.timings_ms["prepare"] = round((time.monotonic() - t0) * 1000, 2)
+    return net
+
+
+def _pick(d: str, cfg: BridgeConfig, allocs: dict[str, _Alloc]) -> ipaddress.IPv4Address:
+    """Next free address after the last one handed out (round robin keeps reuse rare)."""
+    first = int(cfg.gateway) + 1
+    last = int(cfg.subnet.broadcast_address) - 1
+    size = last - first + 1
+    cursor_path = os.path.join(d, "cursor")
+    try:
+        with open(cursor_path) as f:
+            start = int(f.read().strip()) + 1
+    except (OSError, ValueError):
+        start = first
+    if not first <= start <= last:
+        start = first
+    for i in range(size):
+        cand = first + (start - first + i) % size
+        ip = ipaddress.IPv4Address(cand)
+        if str(ip) not in allocs:
+            atomic_write(cursor_path, str(cand).encode())
+            return ip
+    raise SbxError(f"no free address left in {cfg.subnet} ({len(allocs)} sandboxes on {BRIDGE})")
+
+
+def _forget(ip: ipaddress.IPv4Address) -> None:
+    cfg = config()
+    with _locked() as d:
+        _unlink(os.path.join(d, "alloc", str(ip)))
+        allocs = _reap_locked(d, cfg)
+        _tidy_locked(d, allocs)
+
+
+def _reap_locked(d: str, cfg: BridgeConfig) -> dict[str, _Alloc]:
+    """Drop allocations of dead sbx processes and their veths; returns the live ones."""
+    allocs = _read_allocs(d, cfg)
+    dead = [a for a in allocs.values() if not a.alive()]
+    live = {ip: a for ip, a in allocs.items() if a.alive()}
+    live_veths = {a.veth for a in live.values()}
+    stray = []
+    if dead or _has_stray_veth(live_veths):
+        IPRoute = _iproute()
+        with IPRoute() as host:
+            for a in dead:
+                _del_link(host, a.veth)
+            for link in host.get_links():
+                name = link.get_attr("IFLA_IFNAME") or ""
+                if name.startswith(VETH_PREFIX) and name not in live_veths:
+                    _del_link(host, name)
+                    stray.append(name)
+        for a in dead:
+            _unlink(os.path.join(d, "alloc", a.ip))
+    return live
+
+
+def _has_stray_veth(live_veths: set[str]) -> bool:
+    # /sys/class/net is a cheap listing: no netlink round trip when nothing is stale.
+    try:
+        names = os.listdir("/sys/class/net")
+    except OSError:
+        return True
+    return any(n.startswith(VETH_PREFIX) and n not in live_veths for n in names)
+
+
+def _apply_firewall(d: str, allocs: dict[str, _Alloc]) -> None:
+    egress = [a.ip for a in allocs.values() if a.egress]
+    if egress:
+        _forwarding_on(d)
+    _nft(ruleset(egress))
+    if not egress:
+        _forwarding_restore(d)
+
+
+def _tidy_locked(d: str, allocs: dict[str, _Alloc]) -> None:
+    """Bring the host in line with the live allocations; with none left, remove everything of sbx."""
+    if allocs:
+        _apply_firewall(d, allocs)
+        return
+    _nft_delete()
+    _forwarding_restore(d)
+    with _iproute()() as host:
+        _del_link(host, BRIDGE)
+
+
+def _forwarding_on(d: str) -> None:
+    if _read_sysctl(IP_FORWARD) == "1":
+        return
+    atomic_write(os.path.join(d, "ip_forward.sbx"), b"0")  # remember that sbx switched it on
+    _write_sysctl(IP_FORWARD, "1")
+    if _read_sysctl(IP_FORWARD) != "1":
+        raise SbxError("egress needs IPv4 forwarding, and net.ipv4.ip_forward could not be enabled")
+
+
+def _forwarding_restore(d: str) -> None:
+    marker = os.path.join(d, "ip_forward.sbx")
+    if os.path.exists(marker):
+        _write_sysctl(IP_FORWARD, "0")
+        _unlink(marker)
+
+
+def reap() -> dict:
+    """Remove leftovers of dead sandboxes now (also done by every bridge start). Returns what is left."""
+    if os.geteuid() != 0:
+        return {"skipped": "not root"}
+    cfg = config()
+    with _locked() as d:
+        live = _reap_locked(d, cfg)
+        _tidy_locked(d, live)
+    return {"live": sorted(live)}
