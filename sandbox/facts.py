@@ -405,3 +405,260 @@ def read(pid: int, host_pid: int | str = 1, with_mounts: bool = True) -> ProcFac
         lsm_label=read_lsm_label(pid),
         host_ns=host_ns,
     )
+
+
+# ---------------------------------------------------------------------------
+# Audit helpers (added for `sbx audit`): still the one place that parses /proc.
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StatBrief:
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    starttime: int
+
+
+def parse_stat(text: str) -> StatBrief:
+    # comm may contain spaces and ')' (it is attacker-chosen): it ends at the LAST ')'.
+    lp, rp = text.find("("), text.rfind(")")
+    if lp < 0 or rp < lp:
+        raise ValueError("malformed stat")
+    rest = text[rp + 2:].split()
+    return StatBrief(pid=int(text[:lp]), comm=text[lp + 1:rp], state=rest[0], ppid=int(rest[1]),
+                     starttime=int(rest[19]))
+
+
+def read_stat(pid: int | str) -> StatBrief:
+    try:
+        return parse_stat(read_text(pid, "stat", 4096))
+    except (ValueError, IndexError):
+        raise ProcessGone(str(pid)) from None  # a zombie/reaped mid-read looks like garbage
+
+
+@dataclass(frozen=True)
+class Listener:
+    proto: str  # tcp, tcp6, udp, udp6
+    address: str
+    port: int
+    inode: int
+
+    @property
+    def all_interfaces(self) -> bool:
+        return self.address in ("0.0.0.0", "::")
+
+
+def _hex_addr(h: str) -> str:
+    import ipaddress
+    b = bytes.fromhex(h)
+    if len(b) == 4:
+        return str(ipaddress.IPv4Address(b[::-1]))
+    # /proc/net/tcp6 prints four host-order 32-bit words.
+    words = b"".join(b[i:i + 4][::-1] for i in range(0, 16, 4))
+    return str(ipaddress.IPv6Address(words))
+
+
+def parse_net_sockets(text: str, proto: str) -> list[Listener]:
+    """Listening TCP sockets and bound UDP sockets from a /proc/net/{tcp,udp}[6] table."""
+    out = []
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 10:
+            continue
+        try:
+            addr, port = parts[1].rsplit(":", 1)
+            st = parts[3]
+            if proto.startswith("tcp") and st != "0A":  # TCP_LISTEN
+                continue
+            if proto.startswith("udp") and st != "07":  # TCP_CLOSE == unconnected bound UDP
+                continue
+            out.append(Listener(proto, _hex_addr(addr), int(port, 16), int(parts[9])))
+        except ValueError:
+            continue
+    return out
+
+
+def read_listeners(pid: int | str) -> list[Listener]:
+    """Sockets listening in pid's network namespace."""
+    out: list[Listener] = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            out.extend(parse_net_sockets(read_text(pid, f"net/{proto}", MAX_LARGE), proto))
+        except ProcessGone:
+            if not os.path.exists(f"{PROC}/{pid}"):
+                raise
+        except OSError:
+            continue
+    return out
+
+
+def read_socket_inodes(pid: int | str, limit: int = 4096) -> set[int]:
+    """Inodes of sockets pid holds open (bounded: at most `limit` fds looked at)."""
+    out: set[int] = set()
+    try:
+        names = os.listdir(f"{PROC}/{pid}/fd")
+    except FileNotFoundError:
+        raise ProcessGone(str(pid)) from None
+    except PermissionError:
+        return out
+    for n in names[:limit]:
+        try:
+            link = os.readlink(f"{PROC}/{pid}/fd/{n}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            try:
+                out.add(int(link[8:-1]))
+            except ValueError:
+                pass
+    return out
+
+
+# openat2(2) is syscall 437 on every architecture that has it.
+SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+_libc = None
+
+
+def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    import ctypes
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    how = OpenHow(flags, 0, resolve)
+    fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    return fd
+
+
+def open_in_root(pid: int | str, path: str, flags: int = os.O_PATH) -> int:
+    """Open `path` as seen inside pid's root, resolving every symlink INSIDE that root.
+
+    A container's `/dev -> /` or `x -> /proc/1/root` symlink cannot walk us into the
+    host: RESOLVE_IN_ROOT clamps '..' and absolute links to the container root and
+    RESOLVE_NO_MAGICLINKS refuses /proc/*/fd-style jumps.
+    """
+    try:
+        root = os.open(f"{PROC}/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ProcessGone(str(pid)) from None
+    try:
+        return _openat2(root, path.lstrip("/") or ".", flags | os.O_CLOEXEC,
+                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    finally:
+        os.close(root)
+
+
+def stat_in_root(pid: int | str, path: str) -> os.stat_result | None:
+    """stat() of `path` inside pid's root (None when absent); never follows links out of it."""
+    try:
+        fd = open_in_root(pid, path)
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    path: str
+    kind: str  # "c" or "b"
+    major: int
+    minor: int
+
+
+def list_devices(pid: int | str, limit: int = 4096) -> list[DeviceNode] | None:
+    """Device nodes under pid's /dev (one level of subdirectories, pts/shm/mqueue skipped).
+
+    None when /dev cannot be opened inside the root. Bounded to `limit` entries.
+    """
+    import stat as _stat
+    try:
+        dfd = open_in_root(pid, "/dev", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    out: list[DeviceNode] = []
+    seen = 0
+
+    def walk(fd: int, prefix: str, depth: int) -> None:
+        nonlocal seen
+        try:
+            names = os.listdir(fd)
+        except OSError:
+            return
+        for n in names:
+            seen += 1
+            if seen > limit:
+                return
+            try:
+                st = os.stat(n, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode):
+                out.append(DeviceNode(f"{prefix}/{n}", "c" if _stat.S_ISCHR(st.st_mode) else "b",
+                                      os.major(st.st_rdev), os.minor(st.st_rdev)))
+            elif _stat.S_ISDIR(st.st_mode) and depth < 1 and n not in ("pts", "shm", "mqueue", "hugepages"):
+                try:
+                    sub = os.open(n, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    continue
+                try:
+                    walk(sub, f"{prefix}/{n}", depth + 1)
+                finally:
+                    os.close(sub)
+
+    try:
+        walk(dfd, "/dev", 0)
+    finally:
+        os.close(dfd)
+    return out
+
+
+def read_cgroup_value(path: str, limit: int = 4096) -> str | None:
+    """A cgroup control file's text (stripped), or None if absent/unreadable."""
+    try:
+        return _read_bytes(path, limit).decode("utf-8", "replace").strip()
+    except (ProcessGone, OSError):
+        return None
+
+
+def cgroup_mounts(pid: int | str = "self") -> dict[str, tuple[str, str]]:
+    """controller -> (mountpoint, root) for the cgroup hierarchies pid sees; v2 keyed as ''."""
+    out: dict[str, tuple[str, str]] = {}
+    for m in read_mountinfo(pid):
+        if m.fstype == "cgroup2":
+            out.setdefault("", (m.mountpoint, m.root))
+        elif m.fstype == "cgroup":
+            for o in m.super_options:
+                if o in ("rw", "ro") or "=" in o and not o.startswith("name="):
+                    continue
+                out.setdefault(o, (m.mountpoint, m.root))
+    return out
+
+
+def kernel_release() -> str:
+    try:
+        return _read_bytes(f"{PROC}/sys/kernel/osrelease", 256).decode().strip()
+    except (ProcessGone, OSError):
+        return os.uname().release
+
+
+def active_lsms() -> list[str]:
+    try:
+        return [x for x in _read_bytes("/sys/kernel/security/lsm", 4096).decode().strip().split(",") if x]
+    except (ProcessGone, OSError):
+        return []

@@ -1,0 +1,713 @@
+"""The check catalogue: one list, used by `sbx audit` (live containers) and by policy/admission (Specs).
+
+Each check reads only a Subject (audit.subject) and returns Findings. IDs are
+stable: never renumber, only add. Mappings name the matching control in the
+CIS Docker Benchmark (section 5 unless stated), the Kubernetes Pod Security
+Standards (level + field), Trivy's KSV checks and Kubescape's C-xxxx controls,
+where one exists. The catalogue is documented in audit/CHECKS.md (generated
+from this file by `python -m audit.checks --markdown`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .subject import SAFE_DEVICES, SHM_DIRS, Subject, kernel_tuple
+
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+
+# Docker's default capability set (moby oci/caps/defaults.go): anything beyond it was added.
+DOCKER_DEFAULT_CAPS = frozenset({
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
+    "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+})
+# Capabilities that each, alone, give a known path to the host or to other workloads.
+DANGEROUS_CAPS = frozenset({
+    "SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE", "SYS_RAWIO", "DAC_READ_SEARCH", "NET_ADMIN", "BPF", "PERFMON",
+    "SYS_BOOT", "MAC_ADMIN", "MAC_OVERRIDE", "SYS_TIME", "SYSLOG", "CHECKPOINT_RESTORE", "SYS_RESOURCE",
+})
+SENSITIVE_PATHS = ("/", "/etc", "/proc", "/sys", "/dev", "/boot", "/usr", "/lib", "/lib64", "/bin", "/sbin",
+                   "/root", "/home", "/var/lib/kubelet", "/etc/kubernetes", "/var/lib/docker",
+                   "/var/lib/containers", "/var/lib/containerd", "/run", "/var/run", "/var/log")
+# Read-only exposure of these is routine (system binaries) rather than a secret leak.
+LOW_RO_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/lib32", "/libx32")
+EXPECTED_SELINUX_TYPES = frozenset({"container_t", "container_init_t", "container_kvm_t", "container_engine_t",
+                                    "svirt_lxc_net_t", "svirt_sandbox_t", "sbx_t"})
+UNCONFINED_SELINUX_TYPES = frozenset({"unconfined_t", "spc_t", "unconfined_service_t", "kernel_t", "initrc_t",
+                                      "init_t", "container_runtime_t"})
+MIN_KERNEL = (5, 10)  # oldest LTS still carrying the namespace/cgroup escape fixes containers rely on
+OLD_KERNEL = (4, 19)
+
+
+@dataclass(frozen=True)
+class Finding:
+    check_id: str
+    severity: str
+    title: str
+    message: str
+    evidence: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"check": self.check_id, "severity": self.severity, "title": self.title,
+                "message": self.message, "evidence": self.evidence}
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    title: str
+    severity: str  # the usual severity; a finding may lower it (e.g. caps confined by a user namespace)
+    rationale: str
+    remediation: str
+    reads: tuple[str, ...]
+    cis: str | None = None  # CIS Docker Benchmark 1.x recommendation number
+    pss: tuple[str, str] | None = None  # (baseline|restricted, field)
+    ksv: str | None = None  # Trivy misconfiguration id
+    kubescape: str | None = None
+    fn: Callable[[Subject], list] = field(default=lambda s: [], repr=False, compare=False)
+
+    def run(self, s: Subject) -> list[Finding]:
+        out = []
+        for item in self.fn(s) or ():
+            sev, msg, ev = item if len(item) == 3 else (self.severity, *item)
+            out.append(Finding(self.id, sev or self.severity, self.title, msg, ev))
+        return out
+
+    def mappings(self) -> dict:
+        return {"cis_docker": self.cis, "pss": None if self.pss is None else {"level": self.pss[0], "field": self.pss[1]},
+                "trivy": self.ksv, "kubescape": self.kubescape}
+
+
+CHECKS: list[Check] = []
+
+
+def check(id: str, title: str, severity: str, rationale: str, remediation: str, reads: tuple[str, ...], **m):
+    def deco(fn):
+        CHECKS.append(Check(id, title, severity, rationale, remediation, reads, fn=fn, **m))
+        return fn
+    return deco
+
+
+def _caps(cs) -> str:
+    return ", ".join(sorted(cs))
+
+
+def _confined(s: Subject) -> bool:
+    """Capabilities held inside an own user namespace that is not host root act only on that namespace."""
+    return s.userns and not s.root_maps_host_root
+
+
+def _lower(sev: str) -> str:
+    return SEVERITIES[max(0, SEVERITY_RANK[sev] - 1)]
+
+
+# --- privilege --------------------------------------------------------------
+
+@check("SBX-A001", "Privileged container", "critical",
+       "A privileged container has every capability, no /proc masks and (usually) every device: "
+       "it can load kernel modules, mount host disks and write kernel tunables, so it is the host.",
+       "Do not use --privileged; add only the capabilities and devices the workload needs.",
+       ("status.CapBnd", "mountinfo", "cgroup devices.list"),
+       cis="5.4", pss=("baseline", "securityContext.privileged"), ksv="KSV017", kubescape="C-0057")
+def _privileged(s: Subject):
+    if not s.cap_all or not s.cap_all <= s.cap_bnd:
+        return []
+    signs = []
+    if s.proc_masks_missing:
+        signs.append("/proc masks missing")
+    if s.proc_sys_writable:
+        signs.append("/proc/sys writable")
+    if s.devices_cgroup_all:
+        signs.append("all devices allowed")
+    if s.sysfs_writable:
+        signs.append("/sys writable")
+    if not signs:
+        return []
+    sev = "critical" if not _confined(s) else "high"
+    return [(sev, "full capability bounding set with " + ", ".join(signs), {"signs": signs})]
+
+
+@check("SBX-A002", "CAP_SYS_ADMIN in the effective set", "critical",
+       "SYS_ADMIN allows mount, namespace and cgroup manipulation and many kernel interfaces; most "
+       "container escapes (release_agent, device mounts) start here.",
+       "Drop SYS_ADMIN (--cap-drop SYS_ADMIN); grant narrower capabilities or use a user namespace.",
+       ("status.CapEff",), cis="5.3", pss=("baseline", "securityContext.capabilities.add"), ksv="KSV005",
+       kubescape="C-0046")
+def _sys_admin(s: Subject):
+    if "SYS_ADMIN" not in s.cap_eff:
+        return []
+    sev = "critical" if not _confined(s) else "high"
+    return [(sev, "effective capabilities include SYS_ADMIN" + (" (inside an own user namespace)" if _confined(s) else ""),
+             {"cap_eff": sorted(s.cap_eff)})]
+
+
+@check("SBX-A003", "Dangerous capabilities in the effective set", "high",
+       "SYS_MODULE, SYS_PTRACE, SYS_RAWIO, DAC_READ_SEARCH, NET_ADMIN, BPF and similar each give a known "
+       "route to host memory, other processes, raw devices or the host network.",
+       "Drop the listed capabilities; keep only what the workload needs.",
+       ("status.CapEff",), cis="5.3", pss=("baseline", "securityContext.capabilities.add"), ksv="KSV022",
+       kubescape="C-0046")
+def _dangerous_eff(s: Subject):
+    bad = (s.cap_eff & DANGEROUS_CAPS) - {"SYS_ADMIN"}
+    if not bad:
+        return []
+    sev = "high" if not _confined(s) else "medium"
+    return [(sev, f"effective capabilities include {_caps(bad)}", {"caps": sorted(bad)})]
+
+
+@check("SBX-A004", "Dangerous capabilities left in the bounding set", "medium",
+       "A capability in the bounding set can be regained by executing a setuid-root or file-capability "
+       "binary unless no_new_privs is set.",
+       "Drop all capabilities (--cap-drop ALL) and add back only what is needed.",
+       ("status.CapBnd", "status.CapEff", "status.NoNewPrivs"), cis="5.3",
+       pss=("restricted", "securityContext.capabilities.drop"), ksv="KSV003", kubescape="C-0046")
+def _dangerous_bnd(s: Subject):
+    bad = (s.cap_bnd & DANGEROUS_CAPS) - s.cap_eff
+    if not bad:
+        return []
+    sev = "low" if s.no_new_privs else "medium"
+    return [(sev, f"bounding set still holds {_caps(bad)}", {"caps": sorted(bad), "no_new_privs": s.no_new_privs})]
+
+
+@check("SBX-A005", "Ambient capabilities set", "medium",
+       "Ambient capabilities survive execve of unprivileged programs, so every program the container runs "
+       "holds them.",
+       "Do not set ambient capabilities; grant file capabilities to the one binary that needs them.",
+       ("status.CapAmb",), cis="5.3", pss=("baseline", "securityContext.capabilities.add"), kubescape="C-0046")
+def _ambient(s: Subject):
+    if not s.cap_amb:
+        return []
+    sev = "high" if s.cap_amb & DANGEROUS_CAPS and not _confined(s) else "medium"
+    return [(sev, f"ambient capabilities: {_caps(s.cap_amb)}", {"caps": sorted(s.cap_amb)})]
+
+
+@check("SBX-A006", "Capabilities beyond Docker's default set", "medium",
+       "Docker's 14 default capabilities are the widely reviewed baseline; anything added widens the kernel "
+       "attack surface.",
+       "Remove the --cap-add for the listed capabilities.",
+       ("status.CapBnd", "status.CapEff"), cis="5.3", pss=("baseline", "securityContext.capabilities.add"),
+       ksv="KSV022", kubescape="C-0046")
+def _beyond_default(s: Subject):
+    extra = (s.cap_bnd | s.cap_eff) - DOCKER_DEFAULT_CAPS
+    if not extra or (s.cap_all and s.cap_all <= s.cap_bnd):
+        return [] if not extra else [("medium", f"all {len(s.cap_bnd)} capabilities are in the bounding set",
+                                      {"extra": sorted(extra)})]
+    return [(f"{len(extra)} capabilities beyond the default 14: {_caps(extra)}", {"extra": sorted(extra)})]
+
+
+@check("SBX-A007", "Capabilities not dropped to the restricted set", "low",
+       "The Pod Security Standards restricted profile requires dropping ALL capabilities and adding back at "
+       "most NET_BIND_SERVICE.",
+       "Run with --cap-drop ALL (add NET_BIND_SERVICE only if binding ports below 1024).",
+       ("status.CapBnd",), pss=("restricted", "securityContext.capabilities.drop"), ksv="KSV106",
+       kubescape="C-0046")
+def _not_restricted_caps(s: Subject):
+    extra = s.cap_bnd - {"NET_BIND_SERVICE"}
+    if not extra:
+        return []
+    return [(f"{len(extra)} capabilities kept besides NET_BIND_SERVICE", {"caps": sorted(extra)})]
+
+
+@check("SBX-A008", "no_new_privs not set", "medium",
+       "Without no_new_privs a process can gain privileges by executing setuid/setgid or file-capability "
+       "binaries.",
+       "Run with --security-opt no-new-privileges (Kubernetes: allowPrivilegeEscalation: false).",
+       ("status.NoNewPrivs",), cis="5.25", pss=("restricted", "securityContext.allowPrivilegeEscalation"),
+       ksv="KSV001", kubescape="C-0016")
+def _nnp(s: Subject):
+    if s.no_new_privs is False:
+        return [("NoNewPrivs: 0", {"no_new_privs": 0})]
+    return []
+
+
+@check("SBX-A009", "Seccomp disabled", "high",
+       "Without a seccomp filter every system call of the kernel is reachable, including the rarely used ones "
+       "behind most kernel privilege escalations.",
+       "Keep the runtime's default seccomp profile (never seccomp=unconfined).",
+       ("status.Seccomp",), cis="5.21", pss=("baseline", "securityContext.seccompProfile.type"), ksv="KSV104",
+       kubescape="C-0210")
+def _seccomp(s: Subject):
+    if s.seccomp == 0:
+        return [("Seccomp: 0 (no filter)", {"seccomp": 0})]
+    return []
+
+
+# --- LSM ----------------------------------------------------------------------
+
+def _lsm_kind(label: str) -> str:
+    return "selinux" if label.count(":") >= 2 and " " not in label else "apparmor"
+
+
+@check("SBX-A010", "No LSM confinement", "medium",
+       "An AppArmor profile or SELinux type limits what even a root process can touch; without one a "
+       "container escape meets no mandatory access control.",
+       "Run under an AppArmor profile or an SELinux container type (sbx: --security-opt apparmor=/label=).",
+       ("attr/current",), cis="5.1", kubescape="C-0055")
+def _no_lsm(s: Subject):
+    if s.lsm_label is not None:
+        return []
+    if s.mac_enabled:
+        return [("medium", "no LSM label although the host runs a labelling LSM", {})]
+    return [("low", "no LSM label (the host runs no AppArmor/SELinux)", {"mac_enabled": s.mac_enabled})]
+
+
+@check("SBX-A011", "LSM unconfined", "high",
+       "An explicit unconfined AppArmor profile or an unconfined SELinux type (spc_t, unconfined_t) switches "
+       "mandatory access control off for this container.",
+       "Remove apparmor=unconfined / label=disable / label=type:spc_t.",
+       ("attr/current",), cis="5.1", pss=("baseline", "securityContext.appArmorProfile.type"), ksv="KSV002",
+       kubescape="C-0055")
+def _unconfined(s: Subject):
+    lab = s.lsm_label
+    if lab is None:
+        return []
+    if _lsm_kind(lab) == "selinux":
+        t = lab.split(":")[2]
+        if t in UNCONFINED_SELINUX_TYPES:
+            return [(f"SELinux type {t} is unconfined", {"label": lab})]
+        return []
+    if lab.split(" ")[0] == "unconfined" or lab.endswith("(unconfined)"):
+        return [("AppArmor profile is unconfined", {"label": lab})]
+    return []
+
+
+@check("SBX-A012", "LSM profile in complain mode", "medium",
+       "A profile in complain (or kill-less audit) mode only logs: nothing is denied.",
+       "Load the profile in enforce mode.", ("attr/current",), cis="5.1", kubescape="C-0055")
+def _complain(s: Subject):
+    if s.lsm_label and s.lsm_label.endswith("(complain)"):
+        return [("AppArmor profile in complain mode", {"label": s.lsm_label})]
+    return []
+
+
+@check("SBX-A013", "Unexpected SELinux type", "medium",
+       "Container workloads should run in a container domain (container_t, sbx_t, ...); other types carry "
+       "rules written for host services.",
+       "Use the runtime's container type or a udica/sbx-generated one.", ("attr/current",), cis="5.2",
+       pss=("baseline", "securityContext.seLinuxOptions.type"), ksv="KSV025", kubescape="C-0055")
+def _selinux_type(s: Subject):
+    lab = s.lsm_label
+    if lab is None or _lsm_kind(lab) != "selinux":
+        return []
+    t = lab.split(":")[2]
+    if t in EXPECTED_SELINUX_TYPES or t in UNCONFINED_SELINUX_TYPES:
+        return []
+    return [(f"SELinux type {t} is not a container type", {"label": lab})]
+
+
+# --- namespaces & identity -------------------------------------------------------
+
+def _ns_check(kind: str, id: str, title: str, sev: str, why: str, fix: str, **m):
+    @check(id, title, sev, why, fix, (f"ns/{kind}",), **m)
+    def _fn(s: Subject):
+        if kind in s.host_namespaces:
+            return [(f"{kind} namespace is the host's (same inode as the host's init)", {"namespace": kind})]
+        return []
+    return _fn
+
+
+_ns_check("pid", "SBX-A014", "Host PID namespace shared", "high",
+          "With the host's pid namespace the container sees and can signal (and with SYS_PTRACE, inject into) "
+          "every host process.", "Do not use --pid=host (hostPID: false).",
+          cis="5.15", pss=("baseline", "spec.hostPID"), ksv="KSV010", kubescape="C-0038")
+_ns_check("net", "SBX-A015", "Host network namespace shared", "high",
+          "With the host's network namespace the container can reach every host-local service (including "
+          "abstract unix sockets) and bind any host interface.", "Do not use --network=host (hostNetwork: false).",
+          cis="5.9", pss=("baseline", "spec.hostNetwork"), ksv="KSV009", kubescape="C-0041")
+_ns_check("ipc", "SBX-A016", "Host IPC namespace shared", "high",
+          "The host's IPC namespace exposes host shared memory segments and message queues.",
+          "Do not use --ipc=host (hostIPC: false).",
+          cis="5.16", pss=("baseline", "spec.hostIPC"), ksv="KSV008", kubescape="C-0038")
+_ns_check("uts", "SBX-A017", "Host UTS namespace shared", "medium",
+          "With the host's UTS namespace a privileged container can change the host's hostname.",
+          "Do not use --uts=host.", cis="5.20")
+_ns_check("cgroup", "SBX-A018", "Host cgroup namespace shared", "low",
+          "The host cgroup namespace reveals the host's cgroup layout and eases cgroup-based escapes.",
+          "Use a private cgroup namespace (--cgroupns=private).")
+_ns_check("mnt", "SBX-A019", "Host mount namespace shared", "high",
+          "A process in the host's mount namespace sees, and may change, every host mount.",
+          "Give the workload its own mount namespace and root filesystem.", cis="5.5")
+
+
+@check("SBX-A020", "No user namespace", "medium",
+       "Without a user namespace container ids are host ids: root inside is root outside, and a capability "
+       "applies to the whole host.",
+       "Run with a user namespace (podman --userns=auto, docker userns-remap, sbx by default).",
+       ("ns/user",), cis="5.30")
+def _no_userns(s: Subject):
+    if "user" in s.host_namespaces or not s.userns:
+        return [("user namespace is the host's", {})]
+    return []
+
+
+@check("SBX-A021", "Runs as uid 0", "medium",
+       "Root inside owns the container's files and passes most permission checks; combined with any escape "
+       "it is the most valuable foothold.",
+       "Run as a non-root user (--user 1000, runAsNonRoot: true).",
+       ("status.Uid",), pss=("restricted", "securityContext.runAsNonRoot"), ksv="KSV012", kubescape="C-0013")
+def _root(s: Subject):
+    if s.uid == 0:
+        return [("effective uid is 0", {"uid": 0, "host_uid": s.host_uid})]
+    return []
+
+
+@check("SBX-A022", "uid 0 is host root", "high",
+       "When uid 0 inside maps to host uid 0 (no user namespace, or a 0->0 mapping), a breakout lands as "
+       "host root and files written on shared mounts are owned by host root.",
+       "Use a user namespace that maps container root to an unprivileged host uid.",
+       ("uid_map",), pss=("restricted", "securityContext.runAsUser"), ksv="KSV105")
+def _host_root(s: Subject):
+    if s.root_maps_host_root and (s.uid == 0 or "SETUID" in s.cap_bnd):
+        return [("high" if s.uid == 0 else "medium",
+                 "container uid 0 is host uid 0" + ("" if s.uid == 0 else " (reachable via SETUID)"),
+                 {"uid": s.uid, "host_uid": s.host_uid})]
+    return []
+
+
+# --- mounts ----------------------------------------------------------------------
+
+@check("SBX-A023", "Container runtime socket mounted", "critical",
+       "Whoever can talk to a runtime's API socket can start a privileged container with the host's root "
+       "mounted: it is root on the host.",
+       "Never mount docker/containerd/CRI-O/podman/buildkit sockets into containers; use a scoped proxy.",
+       ("mountinfo", "stat of the mount target vs the host socket (device+inode)"),
+       cis="5.31", pss=("baseline", "spec.volumes[*].hostPath"), ksv="KSV006", kubescape="C-0074")
+def _runtime_socket(s: Subject):
+    out = []
+    for m in s.mounts:
+        if m.runtime_socket:
+            out.append((f"{m.runtime_socket} API socket reachable at {m.socket_path or m.target} "
+                        f"(mount of host {m.source} at {m.target})",
+                        {"runtime": m.runtime_socket, "path": m.socket_path, "target": m.target, "source": m.source}))
+    return out
+
+
+# Per-container files the runtime itself generates and binds (resolv.conf, hosts, secrets volumes).
+RUNTIME_OWNED = ("/run/containers/storage/overlay-containers/", "/var/lib/containers/storage/overlay-containers/",
+                 "/var/lib/docker/containers/", "/var/lib/kubelet/pods/", "/run/sbx/", "/run/libpod/",
+                 "/var/run/containers/storage/overlay-containers/", "/run/user/")
+
+
+def _sensitive(path: str) -> str | None:
+    if path.startswith(RUNTIME_OWNED) or "/containers/storage/overlay-containers/" in path:
+        return None
+    for p in SENSITIVE_PATHS:
+        if path == p or (p != "/" and path.startswith(p + "/")):
+            return p
+    return None
+
+
+@check("SBX-A024", "Sensitive host path mounted read-write", "high",
+       "A writable bind of /, /etc, /root, /var/lib/kubelet and similar lets the container rewrite host "
+       "configuration, credentials or binaries.",
+       "Remove the bind or make it read-only (:ro), and bind only the specific subdirectory needed.",
+       ("mountinfo (device+root matched to the host mount table)",),
+       cis="5.5", pss=("baseline", "spec.volumes[*].hostPath"), ksv="KSV023", kubescape="C-0045")
+def _sensitive_rw(s: Subject):
+    out = []
+    flagged: list[str] = []
+    for m in s.mounts:
+        if not m.bind or m.readonly or m.runtime_socket or m.target == "/":
+            continue
+        if any(m.target.startswith(t.rstrip("/") + "/") for t in flagged):
+            continue  # a submount of a recursive bind already reported (-v /:/host brings /host/run/...)
+        base = _sensitive(m.source)
+        if base is not None and not m.source.startswith("/dev/shm"):
+            flagged.append(m.target)
+            sev = "critical" if m.source == "/" else "high"
+            out.append((sev, f"host {m.source} mounted read-write at {m.target}",
+                        {"source": m.source, "target": m.target}))
+    return out
+
+
+@check("SBX-A025", "Sensitive host path mounted read-only", "medium",
+       "Read-only binds of host configuration or credentials (/etc, /root, kubelet state) still leak secrets.",
+       "Bind only the files needed, or copy them into the image.",
+       ("mountinfo",), cis="5.5", pss=("baseline", "spec.volumes[*].hostPath"), ksv="KSV023",
+       kubescape="C-0048")
+def _sensitive_ro(s: Subject):
+    out = []
+    flagged: list[str] = []
+    for m in s.mounts:
+        if not m.bind or m.runtime_socket or m.target == "/":
+            continue
+        if any(m.target.startswith(t.rstrip("/") + "/") for t in flagged):
+            continue
+        base = _sensitive(m.source)
+        if base is None:
+            continue
+        flagged.append(m.target)
+        if not m.readonly:
+            continue
+        sev = "low" if base in LOW_RO_PATHS else "medium"
+        out.append((sev, f"host {m.source} mounted read-only at {m.target}", {"source": m.source, "target": m.target}))
+    return out
+
+
+@check("SBX-A026", "Root filesystem is the host's", "high",
+       "The process tree runs directly on the host's root filesystem, so every host file its uid can reach "
+       "is in scope.",
+       "Give the workload its own root (an image rootfs, or sbx's host-view with read-only system dirs).",
+       ("mountinfo",), cis="5.5")
+def _host_root_fs(s: Subject):
+    if s.root_is_host_root:
+        root = next((m for m in s.mounts if m.target == "/"), None)
+        ro = root is not None and root.readonly
+        return [("medium" if ro else "high", "the container's / is the host's / " + ("(read-only)" if ro else "(writable)"), {})]
+    return []
+
+
+@check("SBX-A027", "Shared mount propagation", "medium",
+       "A mount with shared propagation passes mounts made in the container to the host (and back), so a "
+       "container with mount rights can plant mounts on the host.",
+       "Use private or slave propagation for binds (no :shared / :rshared).",
+       ("mountinfo optional fields",), cis="5.19")
+def _propagation(s: Subject):
+    shared = [m.target for m in s.mounts if m.shared]
+    if shared:
+        return [(f"{len(shared)} mount(s) with shared propagation: {', '.join(shared[:5])}", {"targets": shared})]
+    return []
+
+
+@check("SBX-A028", "Kernel /proc paths not masked", "high",
+       "Runtimes mask /proc/kcore, /proc/keys, /proc/timer_list, /sys/firmware and similar: unmasked they "
+       "leak kernel memory layout and secrets and widen kernel attack surface.",
+       "Keep the runtime's default masks (no --privileged, no procMount: Unmasked).",
+       ("mountinfo",), pss=("baseline", "securityContext.procMount"), ksv="KSV027")
+def _proc_masks(s: Subject):
+    if s.proc_masks_missing:
+        return [(f"not masked: {', '.join(s.proc_masks_missing)}", {"missing": list(s.proc_masks_missing)})]
+    return []
+
+
+@check("SBX-A029", "/proc/sys writable", "high",
+       "A writable /proc/sys lets root in the container change host kernel tunables (core_pattern runs a "
+       "host program as root).",
+       "Keep /proc/sys read-only (the runtime default); set the sysctls needed with --sysctl.",
+       ("mountinfo",), pss=("baseline", "securityContext.procMount"), ksv="KSV026")
+def _proc_sys(s: Subject):
+    if s.proc_sys_writable:
+        sev = "high" if not _confined(s) else "medium"
+        return [(sev, "/proc/sys is mounted read-write", {})]
+    return []
+
+
+@check("SBX-A030", "/sys writable", "high",
+       "A writable sysfs exposes device, power and kernel knobs of the host.",
+       "Mount /sys read-only (the runtime default) or not at all.", ("mountinfo",), cis="5.4",
+       pss=("baseline", "securityContext.privileged"))
+def _sys_rw(s: Subject):
+    if s.sysfs_writable:
+        return [("high" if not _confined(s) else "medium", "/sys is mounted read-write", {})]
+    return []
+
+
+@check("SBX-A031", "Root filesystem writable", "low",
+       "A writable root lets an intruder modify the container's binaries and persist.",
+       "Run with --read-only and give writable tmpfs/volumes only where needed.",
+       ("mountinfo",), cis="5.12", ksv="KSV014", kubescape="C-0017")
+def _root_rw(s: Subject):
+    if s.root_readonly is False and not s.root_is_host_root:
+        return [("root filesystem is mounted read-write", {})]
+    return []
+
+
+@check("SBX-A032", "cgroupfs writable with CAP_SYS_ADMIN", "critical",
+       "A writable cgroup v1 hierarchy plus SYS_ADMIN allows the release_agent escape (CVE-2022-0492): a "
+       "host program runs as root when a cgroup empties.",
+       "Mount cgroupfs read-only (the runtime default), drop SYS_ADMIN, use cgroup v2.",
+       ("mountinfo", "status.CapEff"), cis="5.24", kubescape="C-0086")
+def _cgroup_escape(s: Subject):
+    if not s.cgroupfs_writable:
+        return []
+    if "SYS_ADMIN" in s.cap_eff:
+        sev = "critical" if s.cgroup_v1_release_agent and not _confined(s) else "high"
+        return [(sev, f"cgroupfs writable at {', '.join(s.cgroupfs_writable[:4])} with SYS_ADMIN"
+                 + (" (v1: release_agent)" if s.cgroup_v1_release_agent else ""),
+                 {"targets": list(s.cgroupfs_writable), "v1": s.cgroup_v1_release_agent})]
+    return [("medium", f"cgroupfs writable at {', '.join(s.cgroupfs_writable[:4])}", {"targets": list(s.cgroupfs_writable)})]
+
+
+# --- devices ----------------------------------------------------------------------
+
+def _safe_dev(d) -> bool:
+    return (d.kind, d.major, d.minor) in SAFE_DEVICES or (d.kind, d.major, None) in SAFE_DEVICES
+
+
+@check("SBX-A033", "Host devices present", "high",
+       "Block devices give raw access to host disks; character devices such as /dev/mem, /dev/kmsg or GPU "
+       "and USB nodes reach host hardware or kernel memory.",
+       "Do not pass host devices (--device) and do not run privileged.",
+       ("/dev listing inside the container root (openat2 RESOLVE_IN_ROOT)",), cis="5.17",
+       pss=("baseline", "securityContext.privileged"))
+def _devices(s: Subject):
+    if not s.devices:
+        return []
+    bad = [d for d in s.devices if not _safe_dev(d)]
+    if not bad:
+        return []
+    blocks = [d.path for d in bad if d.kind == "b"]
+    names = [d.path for d in bad][:8]
+    sev = "critical" if blocks and not _confined(s) else "high"
+    return [(sev, f"{len(bad)} host device node(s): {', '.join(names)}" + (" ..." if len(bad) > 8 else ""),
+             {"devices": [f"{d.kind} {d.major}:{d.minor} {d.path}" for d in bad[:64]]})]
+
+
+@check("SBX-A034", "Device cgroup allows every device", "high",
+       "A devices cgroup of 'a *:* rwm' lets the container create and open any device node (mknod).",
+       "Restrict the device cgroup to the runtime default.", ("cgroup devices.list",), cis="5.17",
+       pss=("baseline", "securityContext.privileged"))
+def _devices_all(s: Subject):
+    if s.devices_cgroup_all and ("MKNOD" in s.cap_eff or s.uid == 0):
+        return [("devices.list is 'a *:* rwm'", {})]
+    return []
+
+
+# --- resources ------------------------------------------------------------------------
+
+@check("SBX-A035", "No memory limit", "medium",
+       "Without a memory limit one container can exhaust host memory and push the OOM killer onto others.",
+       "Set --memory.", ("memory cgroup",), cis="5.10", ksv="KSV018", kubescape="C-0004")
+def _mem(s: Subject):
+    return [] if s.memory_limit is not None else [("no memory limit on the cgroup path", {})]
+
+
+@check("SBX-A036", "No pids limit", "medium",
+       "Without a pids limit a fork bomb in one container exhausts the host's pid space.",
+       "Set --pids-limit.", ("pids cgroup",), cis="5.28")
+def _pids(s: Subject):
+    return [] if s.pids_limit is not None else [("no pids limit on the cgroup path", {})]
+
+
+@check("SBX-A037", "No CPU limit", "low",
+       "Without a CPU quota one container can starve the others on the host.",
+       "Set --cpus.", ("cpu cgroup",), cis="5.11", ksv="KSV011", kubescape="C-0050")
+def _cpu(s: Subject):
+    return [] if s.cpu_limit is not None else [("no CPU quota on the cgroup path", {})]
+
+
+# --- processes & network ------------------------------------------------------------------
+
+@check("SBX-A038", "SSH daemon running inside", "medium",
+       "An sshd in a container is an extra, separately managed way in, with its own keys and patches.",
+       "Remove sshd; use the runtime's exec.", ("comm of every process in the container",), cis="5.6")
+def _sshd(s: Subject):
+    hits = [p for p in s.processes if p == "sshd" or p.startswith("sshd:") or p == "dropbear"]
+    return [(f"process {hits[0]} is running", {"processes": hits})] if hits else []
+
+
+@check("SBX-A039", "Listening on all interfaces", "medium",
+       "A service bound to 0.0.0.0/:: in the host network namespace is exposed on every host interface.",
+       "Bind to a specific address, or publish ports on a specific host IP (-p 127.0.0.1:8080:80).",
+       ("net/tcp*, net/udp*", "fd socket inodes"), cis="5.13", pss=("baseline", "ports[*].hostPort"),
+       ksv="KSV024", kubescape="C-0044")
+def _listen_all(s: Subject):
+    out = []
+    if s.listeners_all_interfaces:
+        sev = "medium" if s.network == "host" else "info"
+        where = "host network namespace" if s.network == "host" else "the container's own network namespace"
+        out.append((sev, f"listening on all interfaces in {where}: {', '.join(s.listeners_all_interfaces[:6])}",
+                    {"listeners": list(s.listeners_all_interfaces)}))
+    wild = [p for p in s.published_ports if p.startswith(("0.0.0.0:", "[::]:", "::"))]
+    if wild:
+        out.append(("low", f"ports published on all host interfaces: {', '.join(wild)}", {"ports": wild}))
+    return out
+
+
+@check("SBX-A040", "Privileged host port published", "low",
+       "Publishing a host port below 1024 needs privileges on the host and is usually a system service's.",
+       "Publish on a port >= 1024.", ("published ports",), cis="5.7")
+def _priv_ports(s: Subject):
+    low = []
+    for p in s.published_ports:
+        try:
+            hp = int(p.split("->")[0].rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if hp < 1024:
+            low.append(p)
+    return [(f"privileged host ports: {', '.join(low)}", {"ports": low})] if low else []
+
+
+@check("SBX-A041", "Kernel too old", "medium",
+       "Container isolation relies on kernel fixes (cgroup release_agent CVE-2022-0492, fsconfig "
+       "CVE-2022-0185, Dirty Pipe CVE-2022-0847, ...) and features (Landlock 5.13, pidfd, clone3) missing "
+       "from old kernels.",
+       f"Run a kernel >= {MIN_KERNEL[0]}.{MIN_KERNEL[1]} with current stable updates.", ("osrelease",),
+       kubescape="C-0079")
+def _kernel(s: Subject):
+    if not s.kernel:
+        return []
+    v = kernel_tuple(s.kernel)
+    if v < OLD_KERNEL:
+        return [("high", f"kernel {s.kernel} is older than {OLD_KERNEL[0]}.{OLD_KERNEL[1]}", {"kernel": s.kernel})]
+    if v < MIN_KERNEL:
+        return [(f"kernel {s.kernel} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}", {"kernel": s.kernel})]
+    return []
+
+
+# --- running the catalogue -------------------------------------------------------------------
+
+def by_id() -> dict[str, Check]:
+    return {c.id: c for c in CHECKS}
+
+
+def run_checks(s: Subject, only: set[str] | None = None) -> list[Finding]:
+    out: list[Finding] = []
+    for c in CHECKS:
+        if only is not None and c.id not in only:
+            continue
+        out.extend(c.run(s))
+    out.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.check_id))
+    return out
+
+
+WEIGHTS = {"critical": 40, "high": 20, "medium": 8, "low": 2, "info": 0}
+
+
+def score(findings: list[Finding]) -> int:
+    """100 = nothing found. Each check counts once, at its worst finding."""
+    worst: dict[str, int] = {}
+    for f in findings:
+        worst[f.check_id] = max(worst.get(f.check_id, 0), WEIGHTS[f.severity])
+    return max(0, 100 - sum(worst.values()))
+
+
+def pss_level(findings: list[Finding]) -> str:
+    """'restricted', 'baseline' or 'privileged' (= meets neither) per the Pod Security Standards mappings."""
+    cat = by_id()
+    levels = {cat[f.check_id].pss[0] for f in findings
+              if f.check_id in cat and cat[f.check_id].pss is not None and f.severity != "info"}
+    if "baseline" in levels:
+        return "privileged"
+    if "restricted" in levels:
+        return "baseline"
+    return "restricted"
+
+
+def worst(findings: list[Finding]) -> str | None:
+    return max((f.severity for f in findings), key=SEVERITY_RANK.__getitem__, default=None)
+
+
+def markdown() -> str:
+    """The catalogue as a Markdown reference (audit/CHECKS.md)."""
+    lines = ["# sbx audit check catalogue", "",
+             "Generated from `audit/checks.py` (`python -m audit.checks --markdown`). IDs are stable.", "",
+             "Severity is the usual one; a finding may be lowered when the capability or mount is confined by an "
+             "own user namespace that does not map to host root.", "",
+             "| ID | Title | Severity | CIS Docker | PSS | Trivy | Kubescape |", "|---|---|---|---|---|---|---|"]
+    for c in CHECKS:
+        pss = f"{c.pss[0]}: `{c.pss[1]}`" if c.pss else "-"
+        lines.append(f"| {c.id} | {c.title} | {c.severity} | {c.cis or '-'} | {pss} | {c.ksv or '-'} | {c.kubescape or '-'} |")
+    lines.append("")
+    for c in CHECKS:
+        lines += [f"## {c.id}: {c.title}", "", f"*Severity:* {c.severity}. *Reads:* {', '.join(c.reads)}.", "",
+                  c.rationale, "", f"*Remediation:* {c.remediation}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+    if "--markdown" in sys.argv:
+        sys.stdout.write(markdown())

@@ -1,0 +1,170 @@
+"""Render audit results: a human table, JSON (versioned schema), SARIF 2.1.0.
+
+Every string that came from a container (process names, paths, labels, ids) is
+escaped before it reaches a terminal: sandbox.errors.escape turns control
+characters into \\xNN so a hostile comm cannot drive the terminal. JSON and SARIF
+carry the escaped text too, so piping them to a terminal is equally safe.
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from sandbox.errors import escape
+
+from . import checks as _checks
+
+if TYPE_CHECKING:
+    from .scan import Result
+
+JSON_SCHEMA_VERSION = "1"
+TOOL_VERSION = "0.1.0"
+SARIF_LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}
+SARIF_SCORE = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0", "info": "0.0"}
+COLOURS = {"critical": "\x1b[1;31m", "high": "\x1b[31m", "medium": "\x1b[33m", "low": "\x1b[36m", "info": "\x1b[2m"}
+RESET = "\x1b[0m"
+
+
+def _esc(v):
+    """Escape every string in a JSON-able value."""
+    if isinstance(v, str):
+        return escape(v)
+    if isinstance(v, dict):
+        return {escape(str(k)): _esc(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return [_esc(x) for x in (sorted(v) if isinstance(v, (set, frozenset)) else v)]
+    return v
+
+
+def container_dict(r: "Result") -> dict:
+    c = r.container
+    s = r.subject
+    return _esc({
+        "id": c.id,
+        "name": c.name,
+        "runtime": c.runtime,
+        "init_pid": c.init_pid,
+        "pids": c.pids,
+        "processes": sorted(set(c.comms.values())),
+        "cgroup": c.cgroup_path,
+        "labels": c.labels,
+        "score": r.score,
+        "pss": r.pss,
+        "worst": r.worst,
+        "error": r.error,
+        "posture": None if s is None else {
+            "uid": s.uid, "host_uid": s.host_uid, "userns": s.userns, "root_maps_host_root": s.root_maps_host_root,
+            "cap_eff": sorted(s.cap_eff), "cap_bnd": sorted(s.cap_bnd), "cap_amb": sorted(s.cap_amb),
+            "no_new_privs": s.no_new_privs, "seccomp": s.seccomp, "lsm_label": s.lsm_label,
+            "host_namespaces": sorted(s.host_namespaces), "root_readonly": s.root_readonly,
+            "memory_limit": s.memory_limit, "pids_limit": s.pids_limit, "cpu_limit": s.cpu_limit,
+            "network": s.network,
+        },
+        "findings": [f.to_dict() for f in r.findings],
+    })
+
+
+def summary(results: list["Result"]) -> dict:
+    counts = {s: 0 for s in reversed(_checks.SEVERITIES)}
+    for r in results:
+        for f in r.findings:
+            counts[f.severity] += 1
+    return {"containers": len(results), "findings": counts}
+
+
+def to_json(results: list["Result"], host_kernel: str = "") -> str:
+    """Schema v1: {schema_version, tool, kernel, summary, containers:[{id,name,runtime,init_pid,pids,
+    processes,cgroup,labels,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
+    doc = {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "tool": {"name": "sbx audit", "version": TOOL_VERSION},
+        "kernel": escape(host_kernel),
+        "summary": summary(results),
+        "containers": [container_dict(r) for r in results],
+    }
+    return json.dumps(doc, indent=2, sort_keys=False)
+
+
+def sarif_rules() -> list[dict]:
+    rules = []
+    for c in _checks.CHECKS:
+        tags = ["security", "container"]
+        if c.cis:
+            tags.append(f"CIS-Docker-{c.cis}")
+        if c.pss:
+            tags.append(f"PSS-{c.pss[0]}")
+        rules.append({
+            "id": c.id,
+            "name": "".join(w.capitalize() for w in c.title.replace("/", " ").replace("'", "").split()),
+            "shortDescription": {"text": c.title},
+            "fullDescription": {"text": c.rationale},
+            "help": {"text": f"{c.rationale}\nRemediation: {c.remediation}",
+                     "markdown": f"{c.rationale}\n\n**Remediation:** {c.remediation}"},
+            "defaultConfiguration": {"level": SARIF_LEVEL[c.severity]},
+            "properties": {"severity": c.severity, "security-severity": SARIF_SCORE[c.severity],
+                           "tags": tags, "reads": list(c.reads), "mappings": c.mappings()},
+        })
+    return rules
+
+
+def to_sarif(results: list["Result"]) -> str:
+    rules = sarif_rules()
+    index = {r["id"]: i for i, r in enumerate(rules)}
+    out = []
+    for r in results:
+        c = r.container
+        fq = escape(f"{c.runtime}/{c.display}")
+        for f in r.findings:
+            out.append({
+                "ruleId": f.check_id,
+                "ruleIndex": index[f.check_id],
+                "level": SARIF_LEVEL[f.severity],
+                "message": {"text": escape(f"{c.display}: {f.message}")},
+                "locations": [{"logicalLocations": [{
+                    "name": escape(c.display), "fullyQualifiedName": fq, "kind": "object"}]}],
+                "partialFingerprints": {"sbxContainerCheck": escape(f"{c.runtime}/{c.id}/{f.check_id}")},
+                "properties": {"severity": f.severity, "container": _esc({"id": c.id, "name": c.name,
+                               "runtime": c.runtime, "init_pid": c.init_pid}), "evidence": _esc(f.evidence)},
+            })
+    doc = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "sbx-audit", "version": TOOL_VERSION, "informationUri":
+                                "https://github.com/sbx/sbx", "rules": rules}},
+            "results": out,
+        }],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def to_table(results: list["Result"], colour: bool = False) -> str:
+    """Grouped by container, worst first."""
+    if not results:
+        return "no containers found\n"
+    lines = []
+    for r in results:
+        c = r.container
+        procs = ",".join(sorted(set(c.comms.values()))[:4])
+        head = (f"{escape(c.runtime)} {escape(c.display)}  pid {c.init_pid}  score {r.score}/100  "
+                f"pss {r.pss}  [{escape(procs)}]")
+        lines.append(head)
+        if r.error:
+            lines.append(f"  ! {escape(r.error)}")
+        if not r.findings:
+            lines.append("  (no findings)")
+        for f in r.findings:
+            sev = f.severity.upper().ljust(8)
+            if colour:
+                sev = COLOURS[f.severity] + sev + RESET
+            lines.append(f"  {sev} {f.check_id}  {escape(f.title)}: {escape(f.message)}")
+        lines.append("")
+    s = summary(results)["findings"]
+    lines.append(f"{len(results)} container(s); " + ", ".join(f"{n} {k}" for k, n in s.items() if n))
+    return "\n".join(lines) + "\n"
+
+
+def apply_policy(findings: list[_checks.Finding], policy) -> list[_checks.Finding]:
+    """Hook for conformance: filter/waive findings by a policy (audit.policy). Not built yet."""
+    from sandbox.errors import SbxError
+    raise SbxError("policy support not built yet", code=2, where="--policy")

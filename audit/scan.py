@@ -1,0 +1,56 @@
+"""Audit orchestration: discover containers, read each init's facts once, build Subjects, run checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sandbox import facts
+
+from . import checks as _checks
+from .discover import Container, discover, select
+from .hostinfo import HostInfo, read_host
+from .subject import Subject, _Cache, subject_from_facts
+
+
+@dataclass
+class Result:
+    container: Container
+    subject: Subject | None
+    findings: list[_checks.Finding] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def score(self) -> int:
+        return _checks.score(self.findings)
+
+    @property
+    def pss(self) -> str:
+        return _checks.pss_level(self.findings)
+
+    @property
+    def worst(self) -> str | None:
+        return _checks.worst(self.findings)
+
+
+def audit_container(c: Container, host: HostInfo, cache: _Cache | None = None) -> Result | None:
+    """Full facts for the container's init only. None when it vanished mid-scan."""
+    try:
+        pf = facts.read(c.init_pid, host_pid="self", with_mounts=True)
+        pf.host_ns = host.ns
+        subj = subject_from_facts(pf, host, comms=list(c.comms.values()), name=c.display, runtime=c.runtime,
+                                  group_pids=c.pids, cache=cache)
+    except facts.ProcessGone:
+        return None
+    except OSError as e:
+        return Result(c, None, [], error=f"cannot read pid {c.init_pid}: {e.strerror or e}")
+    return Result(c, subj, _checks.run_checks(subj))
+
+
+def audit(ref: str | None = None, pid: int | None = None, runtime: str | None = None,
+          host: HostInfo | None = None) -> list[Result]:
+    """Audit every container on the host (or those selected). Worst first."""
+    host = host or read_host()
+    found = select(discover(host.ns), ref=ref, pid=pid, runtime=runtime)
+    cache = _Cache()
+    results = [r for r in (audit_container(c, host, cache) for c in found) if r is not None]
+    results.sort(key=lambda r: (r.score, -len(r.findings), r.container.runtime, r.container.init_pid))
+    return results
