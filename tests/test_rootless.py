@@ -23,12 +23,23 @@ def _need_user():
         pytest.skip("the test interpreter is not usable by other users (venv built from a private python)")
 
 
-def _profile(tmp_path, extra: str = "") -> str:
-    os.chmod(tmp_path, 0o755)
-    f = tmp_path / "rootless.yaml"
-    f.write_text("extends: strict\n" + extra)
+@pytest.fixture
+def tmp_path():
+    # pytest's own tmp_path sits under a 0700 directory the test user cannot traverse.
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="sbx-rootless-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _profile(d, extra: str = "") -> str:
+    f = os.path.join(d, "rootless.yaml")
+    with open(f, "w") as fh:
+        fh.write("extends: strict\n" + extra)
     os.chmod(f, 0o644)
-    return str(f)
+    return f
 
 
 def test_rootless_with_caps_requested_refuses_without_delegation(tmp_path):

@@ -79,8 +79,8 @@ def test_signal_semantics_kill_self_term_is_143():
 
 
 def test_sigterm_to_sbx_is_forwarded_to_the_workload():
-    cmd = ["python3" if False else os.sys.executable, "-m", "sandbox", "run", "--profile", PROFILE, "--",
-           "/bin/sh", "-c", "echo started; trap 'echo got-term; exit 3' TERM; while :; do sleep 0.1; done"]
+    cmd = [os.sys.executable, "-m", "sandbox", "run", "--profile", PROFILE, "--",
+           "/bin/sh", "-c", "trap 'echo got-term; exit 3' TERM; echo started; while :; do sleep 0.1; done"]
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     assert proc.stdout.readline().strip() == "started"
