@@ -208,3 +208,41 @@ def apply_waivers(policy: Policy, findings: list[Finding], target: dict,
         else:
             out.waived.append((replace(f, evidence={**f.evidence, "waived_until": w.expires.isoformat()}), w.reason))
     return out
+
+
+def conform_results(results, policy: Policy) -> list:
+    """`sbx audit --policy`: replace each container's risk findings by the policy's violations, waivers applied."""
+    for r in results:
+        if r.subject is None:
+            continue
+        c = r.container
+        target = {"id": getattr(c, "cid", "") or "", "name": getattr(c, "display", "") or "",
+                  "runtime": getattr(c, "runtime", "") or "", "pid": str(getattr(c, "init_pid", ""))}
+        outcome = apply_waivers(policy, evaluate(policy, r.subject), target)
+        r.findings = outcome.findings
+        r.waived = outcome.waived
+    return results
+
+
+def check_target(policy: Policy, target: str) -> list[Finding]:
+    """`sbx policy check`: TARGET is profile:NAME|FILE (admission view), pid:N, or a container id/name."""
+    from sandbox.errors import SbxError
+    if target.startswith("profile:"):
+        from sandbox.profiles import resolve
+        from .subject import subject_from_spec
+        spec = resolve(["/bin/true"], profile=target[len("profile:"):])
+        found = evaluate(policy, subject_from_spec(spec), spec=spec)
+        return apply_waivers(policy, found, {"name": spec.name or "", "runtime": "sbx"}).findings
+    from .scan import audit
+    pid = None
+    ref: str | None = target
+    if target.startswith("pid:"):
+        try:
+            pid, ref = int(target[4:]), None
+        except ValueError:
+            raise SbxError(f"bad target {target!r}: pid:N needs a number") from None
+    results = audit(ref=ref, pid=pid)
+    if not results:
+        raise SbxError(f"no running container matches {target!r} (for a profile use profile:NAME)", code=2)
+    conform_results(results, policy)
+    return [f for r in results for f in r.findings]
