@@ -32,6 +32,9 @@ SENSITIVE_PATHS = ("/", "/etc", "/proc", "/sys", "/dev", "/boot", "/usr", "/lib"
                    "/var/lib/containers", "/var/lib/containerd", "/run", "/var/run", "/var/log")
 # Read-only exposure of these is routine (system binaries) rather than a secret leak.
 LOW_RO_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/lib32", "/libx32")
+# Public, secret-free parts of /etc that sandboxes routinely bind read-only.
+PUBLIC_ETC = ("/etc/ssl/certs", "/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/ld.so.conf.d",
+              "/etc/python3", "/etc/localtime", "/etc/zoneinfo", "/etc/fonts", "/etc/mime.types")
 EXPECTED_SELINUX_TYPES = frozenset({"container_t", "container_init_t", "container_kvm_t", "container_engine_t",
                                     "svirt_lxc_net_t", "svirt_sandbox_t", "sbx_t"})
 UNCONFINED_SELINUX_TYPES = frozenset({"unconfined_t", "spc_t", "unconfined_service_t", "kernel_t", "initrc_t",
@@ -408,7 +411,7 @@ def _sensitive_rw(s: Subject):
     out = []
     flagged: list[str] = []
     for m in s.mounts:
-        if not m.bind or m.readonly or m.runtime_socket or m.target == "/":
+        if not m.bind or m.readonly or m.target == "/" or (m.runtime_socket and m.socket_path == m.target):
             continue
         if any(m.target.startswith(t.rstrip("/") + "/") for t in flagged):
             continue  # a submount of a recursive bind already reported (-v /:/host brings /host/run/...)
@@ -430,7 +433,7 @@ def _sensitive_ro(s: Subject):
     out = []
     flagged: list[str] = []
     for m in s.mounts:
-        if not m.bind or m.runtime_socket or m.target == "/":
+        if not m.bind or m.target == "/" or (m.runtime_socket and m.socket_path == m.target):
             continue
         if any(m.target.startswith(t.rstrip("/") + "/") for t in flagged):
             continue
@@ -440,7 +443,8 @@ def _sensitive_ro(s: Subject):
         flagged.append(m.target)
         if not m.readonly:
             continue
-        sev = "low" if base in LOW_RO_PATHS else "medium"
+        public = any(m.source == p or m.source.startswith(p) for p in PUBLIC_ETC) and "/private" not in m.source
+        sev = "low" if base in LOW_RO_PATHS or public else "medium"
         out.append((sev, f"host {m.source} mounted read-only at {m.target}", {"source": m.source, "target": m.target}))
     return out
 
@@ -559,7 +563,8 @@ def _devices(s: Subject):
        "Restrict the device cgroup to the runtime default.", ("cgroup devices.list",), cis="5.17",
        pss=("baseline", "securityContext.privileged"))
 def _devices_all(s: Subject):
-    if s.devices_cgroup_all and ("MKNOD" in s.cap_eff or s.uid == 0):
+    # mknod of real devices is refused outside the initial user namespace whatever the cgroup says.
+    if s.devices_cgroup_all and ("MKNOD" in s.cap_eff or s.uid == 0) and not _confined(s):
         return [("devices.list is 'a *:* rwm'", {})]
     return []
 

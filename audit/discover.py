@@ -19,6 +19,9 @@ from sandbox.errors import SbxError
 # Kinds compared to decide "namespaced". time ns rarely differs and is not isolation.
 GROUP_NS = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup")
 
+# Reaping inits that only forward signals; the container's posture is its workload's.
+MINIMAL_INITS = frozenset({"sbx-init", "tini", "tini-static", "catatonit", "dumb-init", "docker-init"})
+
 _HEX64 = r"([0-9a-f]{64})"
 # (runtime, regex over a cgroup path); group 1 is the container id (or name).
 CGROUP_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
@@ -102,6 +105,7 @@ class _Proc:
     start: int
     comm: str
     key: tuple
+    pidns: int = 0
 
 
 def scan_processes(host_ns: dict[str, int]) -> list[_Proc]:
@@ -130,7 +134,7 @@ def scan_processes(host_ns: dict[str, int]) -> list[_Proc]:
             key = ("rt", att.runtime, att.id, att.pod_uid or "", path)
         else:
             key = ("ns",) + tuple(ns.get(k, 0) for k in GROUP_NS) + (path,)
-        out.append(_Proc(pid, st.ppid, st.starttime, st.comm, key))
+        out.append(_Proc(pid, st.ppid, st.starttime, st.comm, key, ns.get("pid", 0)))
     return out
 
 
@@ -160,11 +164,17 @@ def group(procs: list[_Proc], host_pidns: int | None = None) -> list[Container]:
         pids = {p.pid for p in members}
         roots = [p for p in members if p.ppid not in pids] or members
         init = min(roots, key=lambda p: (p.start, p.pid))
-        if k[0] == "ns" and host_pidns is not None and init.key[2] == host_pidns:
-            # The workload of `unshare --pid --fork` is the child in the new pid namespace.
-            inner = [p for p in members if p.key[2] != host_pidns]
+        if host_pidns is not None and init.pidns == host_pidns:
+            # The workload of `unshare --pid --fork` (and of sbx's launcher) is the child in the new
+            # pid namespace: judge that one, not the half-unshared parent.
+            inner = [p for p in members if p.pidns != host_pidns]
             if inner:
                 init = min(inner, key=lambda p: (p.start, p.pid))
+        if init.comm in MINIMAL_INITS:
+            # A reaping init (sbx-init, tini, catatonit...) is plumbing: judge the workload it runs.
+            kids = [p for p in members if p.ppid == init.pid]
+            if kids:
+                init = min(kids, key=lambda p: (p.start, p.pid))
         path = init.key[-1]
         if k[0] == "rt":
             runtime, ident, pod = k[1], k[2], k[3] or None

@@ -355,6 +355,12 @@ def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None 
             if os.path.isdir(path) and not os.path.islink(path):
                 mounts.append(MountView(source=path, target=path, readonly=True, fstype="bind",
                                         shared=False, bind=True))
+        for name in fs.etc_files:
+            path = os.path.join("/etc", name.strip("/"))
+            # Directories are bound read-only, files copied (sandbox.mounts): only binds are mounts.
+            if ".." not in name.split("/") and os.path.isdir(path) and not os.path.islink(path):
+                mounts.append(MountView(source=path, target=path, readonly=True, fstype="bind",
+                                        shared=False, bind=True))
     for b in fs.binds:
         sock = None
         try:
@@ -384,7 +390,9 @@ def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None 
     return Subject(
         name=spec.name or "", runtime="sbx",
         uid=spec.uid, gid=spec.gid, host_uid=None, userns=True, root_maps_host_root=False,
-        cap_eff=caps, cap_prm=caps, cap_bnd=caps, cap_amb=frozenset(), cap_all=all_caps(),
+        # sbx hands kept capabilities to a non-root workload as ambient ones (sandbox.caps).
+        cap_eff=caps, cap_prm=caps, cap_bnd=caps, cap_amb=caps if spec.uid != 0 else frozenset(),
+        cap_all=all_caps(),
         no_new_privs=sec.no_new_privs, seccomp=0 if sec.seccomp == "unconfined" else 2,
         lsm_label=label, mac_enabled=mac_enabled,
         host_namespaces=frozenset(), mounts=tuple(mounts), proc_mounted=True,
