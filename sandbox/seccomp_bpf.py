@@ -64,9 +64,9 @@ RULE_ARCHES = {"amd64", "x86_64", "386", "x86", "i386", "i686", "x32", "arm", "a
                "ppc64le", "s390", "s390x", "mips", "mipsle", "mips64", "mips64le", "mips64n32", "mips64len32",
                "riscv64", "loong64", "parisc", "parisc64"} | {a.lower() for a in ARCHES} | set(ARCHES)
 
-TOP_KEYS = {"defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls", "flags", "listenerPath",
+TOP_KEYS = {"defaultAction", "defaultErrnoRet", "defaultErrno", "architectures", "archMap", "syscalls", "flags", "listenerPath",
             "listenerMetadata", "comment"}
-RULE_KEYS = {"names", "name", "action", "errnoRet", "args", "includes", "excludes", "comment"}
+RULE_KEYS = {"names", "name", "action", "errnoRet", "errno", "args", "includes", "excludes", "comment"}
 ARG_KEYS = {"index", "value", "valueTwo", "op"}
 FILTER_KEYS = {"caps", "arches", "minKernel"}
 
@@ -243,6 +243,22 @@ def _action(doc: _Doc, key: tuple, name, errno_ret, errno_key: tuple, default_er
     return base
 
 
+def _errno_pair(doc: _Doc, obj: dict, key: tuple, num_key: str, name_key: str):
+    """containers/common profiles carry the errno twice: errnoRet (number) and errno (name). Both must agree."""
+    num = obj.get(num_key)
+    name = obj.get(name_key)
+    if name is None:
+        return num
+    import errno as errno_mod
+    _type(doc, key + (name_key,), name, str, name_key)
+    val = getattr(errno_mod, name, None) if name.isupper() and name.startswith("E") else None
+    if not isinstance(val, int):
+        raise doc.fail(key + (name_key,), f"unknown errno name {name!r}")
+    if num is not None and num != val:
+        raise doc.fail(key + (name_key,), f"{name_key} {name} ({val}) contradicts {num_key} {num}")
+    return val
+
+
 def _str_list(doc: _Doc, key: tuple, v, what: str) -> list[str]:
     _type(doc, key, v, list, what)
     for i, x in enumerate(v):
@@ -287,7 +303,7 @@ def parse(path: str, data: bytes, resolve) -> Profile:
     _keys(doc, (), obj, TOP_KEYS)
     if "defaultAction" not in obj:
         raise doc.fail((), "missing defaultAction")
-    d_errno = obj.get("defaultErrnoRet")
+    d_errno = _errno_pair(doc, obj, (), "defaultErrnoRet", "defaultErrno")
     default = _action(doc, ("defaultAction",), obj["defaultAction"], d_errno, ("defaultErrnoRet",))
     default_errno = d_errno if d_errno is not None else EPERM
     if obj.get("flags"):
@@ -341,7 +357,8 @@ def parse(path: str, data: bytes, resolve) -> Profile:
             names.append((n, doc.where(nk)))
         if "action" not in r:
             raise doc.fail(k, "missing action")
-        action = _action(doc, k + ("action",), r["action"], r.get("errnoRet"), k + ("errnoRet",), default_errno)
+        action = _action(doc, k + ("action",), r["action"], _errno_pair(doc, r, k, "errnoRet", "errno"),
+                         k + ("errnoRet",), default_errno)
         args = []
         seen_idx: set[int] = set()
         for j, a in enumerate(_type(doc, k + ("args",), r.get("args") or [], list, "args")):
@@ -409,34 +426,46 @@ def applies(rule: Rule, caps: frozenset[str], arch_aliases: set[str], kver: tupl
     return True
 
 
-def select(prof: Profile, caps: frozenset[str]) -> list[tuple[Rule, str, str]]:
-    """The (rule, syscall, where) triples that apply, refusing what libseccomp would silently drop.
+def rank(action: int) -> int:
+    """Kernel precedence of an action: lower is stronger (KILL_PROCESS < KILL < TRAP < ERRNO < ... < ALLOW)."""
+    a = action & 0xFFFF0000
+    return a - (1 << 32) if a & 0x80000000 else a
 
-    libseccomp keeps an unconditional rule and quietly discards any other rule
-    for the same syscall with a different action (measured with 2.5.4), so such
-    a profile would not do what it says: refuse it.
+
+def select(prof: Profile, caps: frozenset[str]) -> list[tuple[Rule, str, str]]:
+    """The (rule, syscall, where) triples to compile, with disagreements settled or refused.
+
+    libseccomp keeps the first unconditional rule for a syscall and quietly
+    discards every other rule for it, whatever their actions (measured with
+    2.5.4). Real profiles hit this: containers/common's seccomp.json allows
+    setns in its main list and returns EPERM for it without CAP_SYS_ADMIN. We
+    settle it the way the kernel settles stacked filters: the most restrictive
+    action wins. A conditional rule stronger than an unconditional one cannot
+    be expressed next to it, so that profile is refused, never half-applied.
     """
     _, aliases = native()
     aliases = aliases | {native()[0], native()[0].lower()}
     kver = kernel_version()
-    out = []
     by_name: dict[str, list[tuple[Rule, str]]] = {}
     for rule in prof.rules:
         if not applies(rule, caps, aliases, kver):
             continue
         for name, where in rule.names:
             by_name.setdefault(name, []).append((rule, where))
-            if rule.action != prof.default_action:
-                out.append((rule, name, where))  # rules equal to the default change nothing (libseccomp refuses them)
+    out = []
     for name, hits in by_name.items():
         uncond = [h for h in hits if not h[0].args]
-        for u in uncond:
+        if uncond:
+            win = min(uncond, key=lambda h: rank(h[0].action))  # min() keeps the earliest of equals
             for other in hits:
-                if other[0].action != u[0].action:
-                    late, early = (other, u) if hits.index(other) > hits.index(u) else (u, other)
-                    raise SpecError(f"{late[0].loc}: syscall {name!r} also has a rule with a different action "
-                                    f"({early[0].loc} at {early[1]}) and one of them is unconditional; "
-                                    f"libseccomp would silently ignore the other", where=late[1])
+                if other[0].args and rank(other[0].action) < rank(win[0].action):
+                    raise SpecError(f"{other[0].loc}: syscall {name!r} has a conditional rule stronger than the "
+                                    f"unconditional one in {win[0].loc} ({win[1]}); libseccomp cannot combine "
+                                    f"them - make the other rule conditional too", where=other[1])
+            hits = [win]
+        for rule, where in hits:
+            if rule.action != prof.default_action:  # equal to the default: changes nothing, libseccomp refuses it
+                out.append((rule, name, where))
     return out
 
 
