@@ -53,8 +53,7 @@ def run(target, pid, runtime, fmt, fail_on, policy, colour) -> int:
     host = read_host()
     results = audit(ref=target, pid=pid, runtime=runtime, host=host)
     if policy is not None:
-        for r in results:
-            r.findings = report.apply_policy(r.findings, policy)
+        results = report.apply_policy(results, policy)
     if (target or pid is not None) and not results:
         raise SbxError(f"no container matches {target if target else 'pid ' + str(pid)}", code=2)
     if fmt == "json":

@@ -85,6 +85,10 @@ class Container:
     labels: dict[str, str] = field(default_factory=dict)
 
     @property
+    def cid(self) -> str:
+        return self.id
+
+    @property
     def short_id(self) -> str:
         return self.id[:12] if re.fullmatch(r"[0-9a-f]{64}", self.id) else self.id
 

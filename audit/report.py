@@ -46,6 +46,7 @@ def container_dict(r: "Result") -> dict:
         "init_pid": c.init_pid,
         "pids": c.pids,
         "processes": sorted(set(c.comms.values())),
+        "command": r.command,
         "cgroup": c.cgroup_path,
         "labels": c.labels,
         "score": r.score,
@@ -74,7 +75,7 @@ def summary(results: list["Result"]) -> dict:
 
 def to_json(results: list["Result"], host_kernel: str = "") -> str:
     """Schema v1: {schema_version, tool, kernel, summary, containers:[{id,name,runtime,init_pid,pids,
-    processes,cgroup,labels,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
+    processes,command,cgroup,labels,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
     doc = {
         "schema_version": JSON_SCHEMA_VERSION,
         "tool": {"name": "sbx audit", "version": TOOL_VERSION},
@@ -115,10 +116,18 @@ def to_sarif(results: list["Result"]) -> str:
         c = r.container
         fq = escape(f"{c.runtime}/{c.display}")
         for f in r.findings:
+            if f.check_id not in index:
+                # A policy rule (conformance mode): one rule per policy check id seen.
+                index[f.check_id] = len(rules)
+                rules.append({"id": f.check_id, "name": f.check_id.replace("-", ""),
+                              "shortDescription": {"text": escape(f.title)},
+                              "help": {"text": escape(f.title)},
+                              "defaultConfiguration": {"level": SARIF_LEVEL.get(f.severity, "warning")},
+                              "properties": {"severity": f.severity, "source": "policy"}})
             out.append({
                 "ruleId": f.check_id,
                 "ruleIndex": index[f.check_id],
-                "level": SARIF_LEVEL[f.severity],
+                "level": SARIF_LEVEL.get(f.severity, "warning"),
                 "message": {"text": escape(f"{c.display}: {f.message}")},
                 "locations": [{"logicalLocations": [{
                     "name": escape(c.display), "fullyQualifiedName": fq, "kind": "object"}]}],
@@ -149,6 +158,9 @@ def to_table(results: list["Result"], colour: bool = False) -> str:
         head = (f"{escape(c.runtime)} {escape(c.display)}  pid {c.init_pid}  score {r.score}/100  "
                 f"pss {r.pss}  [{escape(procs)}]")
         lines.append(head)
+        if r.command:
+            cmd = " ".join(r.command)
+            lines.append(f"  $ {escape(cmd[:240])}{'...' if len(cmd) > 240 else ''}")
         if r.error:
             lines.append(f"  ! {escape(r.error)}")
         if not r.findings:
@@ -164,7 +176,17 @@ def to_table(results: list["Result"], colour: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def apply_policy(findings: list[_checks.Finding], policy) -> list[_checks.Finding]:
-    """Hook for conformance: filter/waive findings by a policy (audit.policy). Not built yet."""
-    from sandbox.errors import SbxError
-    raise SbxError("policy support not built yet", code=2, where="--policy")
+def apply_policy(results: list["Result"], policy_ref: str) -> list["Result"]:
+    """Conformance (`--policy`): each container's findings become the policy's violations, waivers applied.
+
+    The policy engine lives in audit.policy / audit.conformance; this is the one hook audit calls.
+    """
+    from .conformance import conform_results
+    from .policy import load_policy
+    policy = load_policy(policy_ref)
+    for r in results:
+        r.risk = list(r.findings)
+    out = conform_results(results, policy)
+    for r in out:
+        r.findings.sort(key=lambda f: (-_checks.SEVERITY_RANK.get(f.severity, 0), f.check_id))
+    return out

@@ -17,14 +17,16 @@ class Result:
     subject: Subject | None
     findings: list[_checks.Finding] = field(default_factory=list)
     error: str | None = None
+    risk: list[_checks.Finding] | None = None
+    command: list[str] = field(default_factory=list)  # the judged process's argv (bounded, hostile)  # the catalogue's findings when `findings` holds policy violations
 
     @property
     def score(self) -> int:
-        return _checks.score(self.findings)
+        return _checks.score(self.findings if self.risk is None else self.risk)
 
     @property
     def pss(self) -> str:
-        return _checks.pss_level(self.findings)
+        return _checks.pss_level(self.findings if self.risk is None else self.risk)
 
     @property
     def worst(self) -> str | None:
@@ -35,6 +37,7 @@ def audit_container(c: Container, host: HostInfo, cache: _Cache | None = None) -
     """Full facts for the container's init only. None when it vanished mid-scan."""
     try:
         pf = facts.read(c.init_pid, host_pid="self", with_mounts=True)
+        argv = facts.read_cmdline(c.init_pid, 4096)
         pf.host_ns = host.ns
         subj = subject_from_facts(pf, host, comms=list(c.comms.values()), name=c.display, runtime=c.runtime,
                                   group_pids=c.pids, cache=cache)
@@ -42,7 +45,7 @@ def audit_container(c: Container, host: HostInfo, cache: _Cache | None = None) -
         return None
     except OSError as e:
         return Result(c, None, [], error=f"cannot read pid {c.init_pid}: {e.strerror or e}")
-    return Result(c, subj, _checks.run_checks(subj))
+    return Result(c, subj, _checks.run_checks(subj), command=argv)
 
 
 def audit(ref: str | None = None, pid: int | None = None, runtime: str | None = None,
