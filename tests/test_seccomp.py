@@ -510,3 +510,27 @@ def test_install_without_no_new_privs_fails_closed(strict_bpf):
     os.close(r)
     os.waitpid(pid, 0)
     assert "no_new_privs is not set" in msg, msg
+
+
+STRICT_NEVER = """unshare setns mount umount umount2 pivot_root fsopen fsmount move_mount open_tree mount_setattr fspick
+fsconfig keyctl add_key request_key bpf perf_event_open io_uring_setup io_uring_enter io_uring_register userfaultfd
+open_by_handle_at name_to_handle_at kexec_load kexec_file_load init_module finit_module delete_module reboot
+settimeofday stime clock_settime clock_adjtime adjtimex swapon swapoff ptrace process_vm_readv process_vm_writev
+acct quotactl quotactl_fd lookup_dcookie vhangup syslog uselib chroot kcmp pidfd_getfd iopl ioperm modify_ldt
+fanotify_init create_module nfsservctl sethostname setdomainname""".split()
+
+
+def test_strict_json_never_allows_the_dangerous_set():
+    """Static check over every rule of strict.json (the kernel tests above cover the ones callable here)."""
+    from sandbox import seccomp_bpf
+    path = seccomp.builtin_path("strict")
+    prof = seccomp_bpf.parse(path, open(path, "rb").read(), seccomp_bpf.resolver())
+    allowed = {}
+    for rule in prof.rules:
+        if rule.action == seccomp_bpf.ACTIONS["SCMP_ACT_ALLOW"]:
+            for name, where in rule.names:
+                allowed.setdefault(name, []).append((where, rule.args))
+    assert not set(STRICT_NEVER) & set(allowed), sorted(set(STRICT_NEVER) & set(allowed))
+    assert all(args for _, args in allowed["clone"]) and all(args for _, args in allowed["personality"])
+    assert all(args for _, args in allowed["socket"]) and all(args for _, args in allowed["ioctl"])
+    assert not prof.arches  # native ABI only: 32-bit and x32 syscalls hit the kill-process bad-arch action
