@@ -20,15 +20,20 @@ from .base import STALE_AGE, Cgroup, CgroupStats, check_id, read_lock_record, re
 __all__ = ["Cgroup", "CgroupStats", "create", "detect", "open_existing", "reap_stale"]
 
 
-def detect() -> str:
-    """'v2' when /sys/fs/cgroup is a cgroup2 mount (pure unified); otherwise 'v1' (legacy or hybrid)."""
-    from .. import facts
+_detected: str | None = None
 
-    kind = None
-    for m in facts.read_mountinfo("self"):
-        if m.mountpoint == "/sys/fs/cgroup":
-            kind = m.fstype  # the last mount there is the one visible
-    return "v2" if kind == "cgroup2" else "v1"
+
+def detect() -> str:
+    """'v2' when /sys/fs/cgroup is a cgroup2 mount (pure unified); otherwise 'v1' (legacy or hybrid).
+
+    A cgroup2 root has cgroup.controllers; the tmpfs of a v1/hybrid layout does
+    not. One stat instead of parsing mountinfo (which is large on busy hosts),
+    cached for the process.
+    """
+    global _detected
+    if _detected is None:
+        _detected = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1"
+    return _detected
 
 
 def _backend():
