@@ -30,8 +30,21 @@ FIX_RO = ("give sbx a writable cgroup filesystem (inside a container: run it wit
           "cgroup, e.g. cgroup v2 with --cgroupns=private), or run sbx on the host")
 
 
+_mounts_cache: dict[str, facts.Mount] | None = None
+
+
 def mounts() -> dict[str, facts.Mount]:
-    """controller -> its v1 mount (the one under /sys/fs/cgroup when a hierarchy is mounted twice)."""
+    """controller -> its v1 mount (the one under /sys/fs/cgroup when a hierarchy is mounted twice).
+
+    Cached per process: mountinfo is large on busy hosts and create + reap read it on every start.
+    """
+    global _mounts_cache
+    if _mounts_cache is None:
+        _mounts_cache = _read_mounts()
+    return _mounts_cache
+
+
+def _read_mounts() -> dict[str, facts.Mount]:
     ms = [m for m in facts.read_mountinfo("self") if m.fstype == "cgroup"]
     ms.sort(key=lambda m: not m.mountpoint.startswith("/sys/fs/cgroup/"))
     out: dict[str, facts.Mount] = {}

@@ -37,7 +37,17 @@ def fix_controller(c: str, uid: int) -> str:
             f"'[Service]' 'Delegate=cpu cpuset io memory pids', run systemctl daemon-reload, then log in again")
 
 
+_mount_cache: list = []
+
+
 def mount() -> facts.Mount | None:
+    """The unified hierarchy's mount; cached per process (mountinfo is large on busy hosts)."""
+    if not _mount_cache:
+        _mount_cache.append(_read_mount())
+    return _mount_cache[0]
+
+
+def _read_mount() -> facts.Mount | None:
     ms = [m for m in facts.read_mountinfo("self") if m.fstype == "cgroup2"]
     for m in ms:
         if m.mountpoint == "/sys/fs/cgroup":
