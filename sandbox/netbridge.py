@@ -8,7 +8,7 @@ sandboxes' default gateway); sandboxes get the others.
 
 Lifecycle, as launch.py drives it:
 - prepare(spec, id), before any fork: refuse if the host cannot do it; under a
-  flock in the state store (state_dir()/net): reap leftovers of dead sbx
+  flock in the allocation store (/run/sbx/net, host-wide like sbx0): reap leftovers of dead sbx
   processes, allocate an address, create sbx0 if missing, (re)write the nft
   table `inet sbx` from the live allocations.
 - attach(pid), after the sandbox unshared its namespaces: a veth pair whose
@@ -24,7 +24,10 @@ veth with the sandbox's namespace, and the proxy dies with the process): the
 next prepare() reaps it (owner = pid + start time, so a reused pid is not
 mistaken for the owner). reap() does the same on demand.
 
-Firewall (own table, never touching anyone else's): sandboxes cannot open
+Firewall (own tables `inet sbx` and `bridge sbx`, never touching anyone
+else's): each sandbox's bridge port only passes frames from its own MAC and
+IPv4 address (a workload with CAP_NET_RAW in its namespace cannot forge
+another sandbox's address); sandboxes cannot open
 connections to the host itself (input from sbx0 only for established flows)
 nor be routed anywhere, except sandboxes whose profile allows egress: their
 addresses are in the set @egress, forwarded (not to link-local addresses,
@@ -38,6 +41,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -50,7 +54,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import SbxError, escape
-from .paths import atomic_write, ensure_private_dir, state_dir
+from .paths import atomic_write, ensure_private_dir
 from .spec import Spec
 
 BRIDGE = "sbx0"
@@ -75,7 +79,11 @@ class BridgeConfig:
 
 
 def config() -> BridgeConfig:
-    text = os.environ.get(SUBNET_ENV) or DEFAULT_SUBNET
+    return _config(os.environ.get(SUBNET_ENV) or DEFAULT_SUBNET)
+
+
+@functools.lru_cache(maxsize=8)
+def _config(text: str) -> BridgeConfig:
     try:
         net = ipaddress.IPv4Network(text, strict=True)
     except ValueError as e:
@@ -100,8 +108,18 @@ def mac_for(ip: ipaddress.IPv4Address) -> str:
 
 # ---------------------------------------------------------------- state store
 
+NET_STATE_DIR = "/run/sbx/net"
+
+
+def net_dir() -> str:
+    """The allocation store. sbx0 is one per host, so its store is too: not under a
+    per-invocation SBX_STATE_DIR, which would let two stores hand out one address twice."""
+    return NET_STATE_DIR
+
+
 def _net_dir() -> str:
-    d = ensure_private_dir(os.path.join(state_dir(), "net"))
+    ensure_private_dir(os.path.dirname(NET_STATE_DIR))
+    d = ensure_private_dir(NET_STATE_DIR)
     ensure_private_dir(os.path.join(d, "alloc"))
     return d
 
@@ -191,11 +209,32 @@ def _nft(script: str) -> None:
         raise SbxError("nftables refused sbx's rules: " + escape(err[0] if err else f"exit {p.returncode}"))
 
 
-def ruleset(egress_ips: list[str]) -> str:
-    """The whole `inet sbx` table for the given egress addresses (replaced atomically)."""
-    elems = f"\n    elements = {{ {', '.join(sorted(egress_ips))} }}" if egress_ips else ""
+def ruleset(allocs: list[_Alloc]) -> str:
+    """sbx's two tables for the live allocations, replaced in one nft transaction.
+
+    `bridge sbx`: each sandbox port may only send from its own MAC and IPv4
+    address (ARP included), and no IPv6. A workload that keeps CAP_NET_RAW in
+    its namespace can forge frames; without this it could borrow an egress
+    sandbox's address and get its traffic forwarded.
+    `inet sbx`: host isolation, forwarding and egress NAT (module docstring).
+    """
+    egress_ips = sorted(a.ip for a in allocs if a.egress)
+    elems = f"\n    elements = {{ {', '.join(egress_ips)} }}" if egress_ips else ""
     b = BRIDGE
-    return f"""table inet {NFT_TABLE}
+    port_rules = "".join(
+        f"""    iifname "{a.veth}" ether saddr != {mac_for(ipaddress.IPv4Address(a.ip))} drop
+    iifname "{a.veth}" ether type ip ip saddr != {a.ip} drop
+    iifname "{a.veth}" ether type arp arp saddr ip != {a.ip} drop
+""" for a in sorted(allocs, key=lambda a: a.veth))
+    return f"""table bridge {NFT_TABLE}
+delete table bridge {NFT_TABLE}
+table bridge {NFT_TABLE} {{
+  chain prerouting {{
+    type filter hook prerouting priority -300; policy accept;
+{port_rules}    iifname "{VETH_PREFIX}*" ether type ip6 drop
+  }}
+}}
+table inet {NFT_TABLE}
 delete table inet {NFT_TABLE}
 table inet {NFT_TABLE} {{
   set egress {{
@@ -224,7 +263,8 @@ table inet {NFT_TABLE} {{
 
 
 def _nft_delete() -> None:
-    _nft(f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n")
+    _nft(f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
+         f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n")
 
 
 # ---------------------------------------------------------------- netlink helpers
@@ -237,6 +277,16 @@ def _iproute():
     return IPRoute
 
 
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
 def _netlink_socket_in(nsfd: int) -> socket.socket:
     """A NETLINK_ROUTE socket bound to the namespace nsfd refers to.
 
@@ -247,8 +297,7 @@ def _netlink_socket_in(nsfd: int) -> socket.socket:
     out: dict = {}
 
     def enter() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(nsfd, CLONE_NEWNET) != 0:
+        if _libc().setns(nsfd, CLONE_NEWNET) != 0:
             out["err"] = ctypes.get_errno()
             return
         try:
@@ -265,13 +314,24 @@ def _netlink_socket_in(nsfd: int) -> socket.socket:
     return out["sock"]
 
 
+def _host_ifindex(name: str) -> int | None:
+    """Index of a host link from sysfs: no netlink dump of every link on the host."""
+    if "/" in name or name in (".", ".."):
+        return None
+    try:
+        with open(f"/sys/class/net/{name}/ifindex") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _link_index(ipr, name: str) -> int | None:
     idx = ipr.link_lookup(ifname=name)
     return idx[0] if idx else None
 
 
 def _del_link(ipr, name: str) -> bool:
-    idx = _link_index(ipr, name)
+    idx = _host_ifindex(name)
     if idx is None:
         return False
     try:
@@ -283,7 +343,7 @@ def _del_link(ipr, name: str) -> bool:
 
 
 def _ensure_bridge(ipr, cfg: BridgeConfig) -> None:
-    idx = _link_index(ipr, BRIDGE)
+    idx = _host_ifindex(BRIDGE)
     want = (str(cfg.gateway), cfg.prefixlen)
     if idx is not None:
         link = ipr.get_links(idx)[0]
@@ -301,7 +361,7 @@ def _ensure_bridge(ipr, cfg: BridgeConfig) -> None:
         return
     _check_overlap(ipr, cfg)
     ipr.link("add", ifname=BRIDGE, kind="bridge")
-    idx = _link_index(ipr, BRIDGE)
+    idx = _host_ifindex(BRIDGE)
     _write_sysctl(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6", "1")  # IPv4 only: no link-local chatter
     ipr.addr("add", index=idx, address=str(cfg.gateway), prefixlen=cfg.prefixlen)
     ipr.link("set", index=idx, state="up")
@@ -370,8 +430,8 @@ class BridgeNet:
             with IPRoute() as host:
                 host.link("add", ifname=self.veth, kind="veth",
                           peer={"ifname": "eth0", "address": mac_for(self.ip), "net_ns_fd": nsfd})
-                idx = _link_index(host, self.veth)
-                bridge = _link_index(host, BRIDGE)
+                idx = _host_ifindex(self.veth)
+                bridge = _host_ifindex(BRIDGE)
                 if idx is None or bridge is None:
                     raise SbxError(f"{BRIDGE} or {self.veth} vanished while wiring the sandbox")
                 host.link("set", index=idx, master=bridge, state="up")
@@ -413,7 +473,8 @@ class BridgeNet:
         d = {"mode": "bridge", "bridge": BRIDGE, "subnet": str(self.cfg.subnet),
              "address": f"{self.ip}/{self.cfg.prefixlen}", "gateway": str(self.cfg.gateway),
              "interface": "eth0", "mac": mac_for(self.ip), "host_veth": self.veth,
-             "egress": self.egress, "nft_table": f"inet {NFT_TABLE}",
+             "egress": self.egress, "nft_tables": [f"inet {NFT_TABLE}", f"bridge {NFT_TABLE}"],
+             "anti_spoofing": True,
              "ports": self.proxy.describe() if self.proxy is not None else
              [{"host": f"{p.host_ip}:{p.host_port}/{p.proto}", "container": p.container_port} for p in self.ports]}
         if self.timings_ms:
@@ -530,7 +591,7 @@ def _apply_firewall(d: str, allocs: dict[str, _Alloc]) -> None:
     egress = [a.ip for a in allocs.values() if a.egress]
     if egress:
         _forwarding_on(d)
-    _nft(ruleset(egress))
+    _nft(ruleset(list(allocs.values())))
     if not egress:
         _forwarding_restore(d)
 

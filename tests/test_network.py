@@ -66,6 +66,32 @@ elif mode == "probe":  # connect that must fail; prints the errno name
         print(errno.errorcode.get(e.errno, e.errno))
 elif mode == "wait":
     sys.stdin.read()
+elif mode == "udp-log":  # print every datagram that arrives within 3 s
+    d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); d.bind(("0.0.0.0", 9090)); d.settimeout(0.2)
+    print("ready", flush=True)
+    import time
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        try:
+            data, a = d.recvfrom(100); print(data.decode(), a[0], flush=True)
+        except socket.timeout:
+            pass
+elif mode == "forge":  # raw frames to argv[3]: one honest, one with a forged source IP, one with a forged MAC
+    import struct
+    def csum(b):
+        s = sum(struct.unpack("!%dH" % (len(b) // 2), b)); s = (s >> 16) + (s & 0xFFFF); return ~(s + (s >> 16)) & 0xFFFF
+    def mac(ip):
+        return bytes([2, 0x5b]) + socket.inet_aton(ip)
+    me, dst = u.getsockname()[0], sys.argv[3]
+    r = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); r.bind(("eth0", 0))
+    for src_ip, src_mac, payload in ((me, mac(me), b"honest"), (sys.argv[4], mac(me), b"forged-ip"),
+                                     (me, bytes([2, 0x5b, 1, 2, 3, 4]), b"forged-mac")):
+        udp = struct.pack("!HHHH", 40000, 9090, 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                         socket.inet_aton(src_ip), socket.inet_aton(dst))
+        ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+        r.send(mac(dst) + src_mac + b"\x08\x00" + ip + udp)
+    print("sent", flush=True)
 """
 
 
@@ -158,8 +184,8 @@ def _free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def _nft_table() -> dict | None:
-    p = subprocess.run(["nft", "-j", "list", "table", "inet", "sbx"], capture_output=True, text=True)
+def _nft_table(family: str = "inet") -> dict | None:
+    p = subprocess.run(["nft", "-j", "list", "table", family, "sbx"], capture_output=True, text=True)
     return json.loads(p.stdout) if p.returncode == 0 else None
 
 
@@ -174,14 +200,13 @@ def _egress_set(table: dict) -> set[str]:
 def leftovers() -> dict:
     """Everything bridge mode could leave behind on the host."""
     from sandbox import netbridge
-    from sandbox.paths import state_dir
     out = {}
     links = os.listdir("/sys/class/net")
     out["veths"] = [n for n in links if n.startswith(netbridge.VETH_PREFIX)]
     out["bridge"] = netbridge.BRIDGE in links
-    adir = os.path.join(state_dir(), "net", "alloc")
+    adir = os.path.join(netbridge.net_dir(), "alloc")
     out["allocations"] = sorted(os.listdir(adir)) if os.path.isdir(adir) else []
-    out["nft_table"] = _nft_table() is not None
+    out["nft_table"] = _nft_table() is not None or _nft_table("bridge") is not None
     out["named_netns"] = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     with open("/proc/self/mountinfo") as f:
         out["nsfs_mounts"] = [ln for ln in f if " - nsfs " in ln]
@@ -303,6 +328,30 @@ def test_network_none_reaches_nothing(bridge):
     lines = p.stdout.split("\n")
     assert lines[0] == "lo up="  # only lo exists, and it is down
     assert lines[1:3] == ["ENETUNREACH", "ENETUNREACH"]
+
+
+def test_a_sandbox_cannot_forge_another_address_on_the_bridge(tmp_path, bridge):
+    # The default profile keeps CAP_NET_RAW inside the sandbox: it can write raw frames on its eth0.
+    raw = str(tmp_path / "rawnet.yaml")
+    with open(raw, "w") as f:
+        f.write("extends: default\nnetwork: bridge\nuser: {allow_root: true}\n" + _RELAX)
+    a = _spawn(bridge, "udp-log")
+    try:
+        ip_a = _line(a)
+        assert _line(a) == "ready"
+        b = subprocess.run([sys.executable, "-m", "sandbox", "run", "--profile", raw, "-u", "0", "--", "/usr/bin/python3",
+                            "-c", PEER, _gw(), "forge", ip_a, _gw()], capture_output=True, text=True, timeout=30,
+                           env=_env())
+        assert b.returncode == 0, b.stderr
+        ip_b, sent = b.stdout.split()
+        assert sent == "sent"
+    finally:
+        rc, out, err = _finish(a)
+    assert rc == 0, err
+    got = out.split("\n")
+    assert f"honest {ip_b}" in got  # the raw path works: the honest frame arrives
+    assert not any(line.startswith("forged") for line in got), got  # the bridge port dropped both forgeries
+    assert _wait_clean() == CLEAN
 
 
 # ---------------------------------------------------------------- allocation and cleanup
