@@ -342,9 +342,13 @@ def _del_link(ipr, name: str) -> bool:
     return True
 
 
-def _ensure_bridge(ipr, cfg: BridgeConfig) -> None:
+def _ensure_bridge(ipr, cfg: BridgeConfig, in_use: bool) -> None:
     idx = _host_ifindex(BRIDGE)
     want = (str(cfg.gateway), cfg.prefixlen)
+    if idx is not None and not in_use and _is_bridge(ipr, idx):
+        # Left by a killed sbx (no live sandbox on it): start from a fresh one, whatever its address.
+        _del_link(ipr, BRIDGE)
+        idx = None
     if idx is not None:
         link = ipr.get_links(idx)[0]
         info = link.get_attr("IFLA_LINKINFO")
@@ -365,6 +369,11 @@ def _ensure_bridge(ipr, cfg: BridgeConfig) -> None:
     _write_sysctl(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6", "1")  # IPv4 only: no link-local chatter
     ipr.addr("add", index=idx, address=str(cfg.gateway), prefixlen=cfg.prefixlen)
     ipr.link("set", index=idx, state="up")
+
+
+def _is_bridge(ipr, idx: int) -> bool:
+    info = ipr.get_links(idx)[0].get_attr("IFLA_LINKINFO")
+    return info is not None and info.get_attr("IFLA_INFO_KIND") == "bridge"
 
 
 def _check_overlap(ipr, cfg: BridgeConfig) -> None:
@@ -502,6 +511,7 @@ def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
         allocs = _reap_locked(d, cfg)
         if any(a.veth == veth or a.sandbox_id == sandbox_id for a in allocs.values()):
             raise SbxError(f"sandbox id {sandbox_id[:12]} already has a bridge address")
+        in_use = bool(allocs)
         ip = _pick(d, cfg, allocs)
         me = os.getpid()
         rec = _Alloc(str(ip), sandbox_id, me, _starttime(me) or 0, veth, bool(spec.egress))
@@ -509,7 +519,7 @@ def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
         allocs[str(ip)] = rec
         try:
             with IPRoute() as host:
-                _ensure_bridge(host, cfg)
+                _ensure_bridge(host, cfg, in_use)
             _apply_firewall(d, allocs)
         except BaseException as e:
             _unlink(os.path.join(d, "alloc", str(ip)))
@@ -603,8 +613,11 @@ def _tidy_locked(d: str, allocs: dict[str, _Alloc]) -> None:
         return
     _nft_delete()
     _forwarding_restore(d)
-    with _iproute()() as host:
-        _del_link(host, BRIDGE)
+    idx = _host_ifindex(BRIDGE)
+    if idx is not None:
+        with _iproute()() as host:
+            if _is_bridge(host, idx):  # never someone else's link that happens to carry the name
+                _del_link(host, BRIDGE)
 
 
 def _forwarding_on(d: str) -> None:

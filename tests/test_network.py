@@ -450,6 +450,43 @@ def test_bad_subnet_is_refused_in_one_line(bridge):
     assert _wait_clean() == CLEAN
 
 
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def test_stale_bridge_of_a_killed_sbx_is_replaced(bridge):
+    # sbx0 left behind with another address and no live sandbox: rebuilt, not refused.
+    assert leftovers()["bridge"] is False
+    _ip("link", "add", "sbx0", "type", "bridge")
+    try:
+        _ip("addr", "add", "10.123.45.1/24", "dev", "sbx0")
+        p = sbx("run", "--profile", bridge, "--", "/bin/true")
+        assert p.returncode == 0, p.stderr
+    finally:
+        subprocess.run(["ip", "link", "del", "sbx0"], capture_output=True)
+    assert _wait_clean() == CLEAN
+
+
+def test_foreign_sbx0_and_overlapping_subnet_are_refused(bridge):
+    _ip("link", "add", "sbx0", "type", "veth", "peer", "name", "sbxtest-p0")  # someone else's link, our bridge's name
+    try:
+        p = sbx("run", "--profile", bridge, "--", "/bin/true")
+        assert os.path.exists("/sys/class/net/sbx0")  # refused, and the foreign link left alone
+    finally:
+        subprocess.run(["ip", "link", "del", "sbx0"], capture_output=True)
+    assert p.returncode == 125 and p.stderr.count("\n") == 1 and "not sbx's bridge" in p.stderr, p.stderr
+    _ip("link", "add", "sbxtest-dum", "type", "veth", "peer", "name", "sbxtest-p1")
+    try:
+        _ip("link", "set", "sbxtest-dum", "up")
+        _ip("route", "add", "10.200.0.0/16", "dev", "sbxtest-dum")
+        p = sbx("run", "--profile", bridge, "--", "/bin/true", env={"SBX_BRIDGE_SUBNET": "10.200.8.0/24"})
+    finally:
+        subprocess.run(["ip", "link", "del", "sbxtest-dum"], capture_output=True)
+    assert p.returncode == 125 and p.stderr.count("\n") == 1, p.stderr
+    assert "overlaps the host route 10.200.0.0/16" in p.stderr
+    assert _wait_clean() == CLEAN
+
+
 def test_ports_need_bridge_mode(bridge):
     p = sbx("run", "--profile", bridge, "--network", "loopback", "-p", "8080:80", "--", "/bin/true")
     assert p.returncode == 125 and "bridge" in p.stderr and p.stderr.count("\n") == 1
