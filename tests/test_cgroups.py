@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import shutil
 import signal
 import struct
 import tempfile
@@ -441,7 +442,7 @@ def test_rootless_refused_with_fix_or_degraded():
     try:
         out = in_child(as_nobody)
     finally:
-        os.rmdir(state) if not os.listdir(state) else None
+        shutil.rmtree(state, ignore_errors=True)
     assert "exception" not in out, out
     assert out["refused"] and out["code"] == 125
     assert "fix:" in out["line"] and ("Delegate=yes" in out["line"] or "delegate" in out["line"].lower())
@@ -449,3 +450,60 @@ def test_rootless_refused_with_fix_or_degraded():
     assert out["paths"] == {}
     labels = {d.split(" ", 1)[0] for d in out["degraded"]}
     assert labels == {"memory", "pids-limit"}, out["degraded"]
+
+
+def test_rootless_uses_a_delegated_v2_cgroup():
+    """What systemd Delegate=yes gives a user, built by hand: a subtree it owns, with itself in a leaf."""
+    if VERSION != "v2":
+        pytest.skip("cgroup v1 has no delegation to unprivileged users (the refusal is tested above)")
+    root = "/sys/fs/cgroup"
+    avail = set(read(os.path.join(root, "cgroup.controllers")).split())
+    if not {"memory", "pids"} <= avail:
+        pytest.skip("cgroup v2 without the memory and pids controllers")
+    for c in ("memory", "pids"):
+        with open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
+            f.write("+" + c)
+    deleg = os.path.join(root, "sbx-test-deleg-" + os.urandom(4).hex())
+    leaf = os.path.join(deleg, "leaf")
+    state = tempfile.mkdtemp(prefix="sbx-cg-deleg-")
+    os.chown(state, 65534, 65534)
+    os.mkdir(deleg)
+    os.mkdir(leaf)
+    for d in (deleg, leaf):
+        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+            os.chown(os.path.join(d, name), 65534, 65534)
+    res = Resources(memory=48 * MiB, pids_limit=8)
+
+    def as_delegated_user() -> dict:
+        with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))  # as root still: join the leaf, as systemd-run --scope would
+        os.environ["SBX_STATE_DIR"] = state
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        cg = cgroups.create("test-deleg", res, degrade=False)
+        kid = os.fork()
+        if kid == 0:
+            time.sleep(0.2)
+            try:
+                _hog()
+            finally:
+                os._exit(0)
+        cg.attach(kid)
+        out = {"paths": cg.paths, "degraded": cg.degraded, "verify": cg.verify(res), "contains": cg.contains(kid)}
+        _, st = os.waitpid(kid, 0)
+        out.update(killed=os.WIFSIGNALED(st) and os.WTERMSIG(st) == 9, oom=cg.oom_killed())
+        cg.destroy()
+        out["left"] = [d for d in cg.dirs() if os.path.exists(d)]
+        return out
+
+    try:
+        out = in_child(as_delegated_user)
+    finally:
+        for d in (os.path.join(deleg, "sbx"), leaf, deleg):
+            base.rmdir_retry(d)
+        shutil.rmtree(state, ignore_errors=True)
+    assert "exception" not in out, out
+    assert out["paths"] == {"unified": os.path.join(deleg, "sbx", "test-deleg")}
+    assert out["degraded"] == [] and out["verify"] == [] and out["contains"]
+    assert out["killed"] and out["oom"] and out["left"] == []
