@@ -539,6 +539,20 @@ def _safe_dev(d) -> bool:
     return (d.kind, d.major, d.minor) in SAFE_DEVICES or (d.kind, d.major, None) in SAFE_DEVICES
 
 
+_UNSAFE: dict[int, tuple] = {}  # id(devices tuple) -> (tuple kept alive, unsafe devices)
+
+
+def _unsafe_devices(devs: tuple) -> list:
+    hit = _UNSAFE.get(id(devs))
+    if hit is not None and hit[0] is devs:
+        return hit[1]
+    bad = [d for d in devs if not _safe_dev(d)]
+    if len(_UNSAFE) > 1024:
+        _UNSAFE.clear()
+    _UNSAFE[id(devs)] = (devs, bad)
+    return bad
+
+
 @check("SBX-A033", "Host devices present", "high",
        "Block devices give raw access to host disks; character devices such as /dev/mem, /dev/kmsg or GPU "
        "and USB nodes reach host hardware or kernel memory.",
@@ -548,7 +562,7 @@ def _safe_dev(d) -> bool:
 def _devices(s: Subject):
     if not s.devices:
         return []
-    bad = [d for d in s.devices if not _safe_dev(d)]
+    bad = _unsafe_devices(s.devices)
     if not bad:
         return []
     blocks = [d.path for d in bad if d.kind == "b"]

@@ -83,6 +83,9 @@ class Container:
     name: str | None = None
     pod_uid: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # What discovery already read for the init (ns inodes, cgroup entries): not read twice.
+    init_ns: dict = field(default_factory=dict, repr=False)
+    init_cgroups: list = field(default_factory=list, repr=False)
 
     @property
     def cid(self) -> str:
@@ -110,6 +113,8 @@ class _Proc:
     comm: str
     key: tuple
     pidns: int = 0
+    ns: dict = field(default_factory=dict)
+    cgroups: list = field(default_factory=list)
 
 
 def scan_processes(host_ns: dict[str, int]) -> list[_Proc]:
@@ -138,7 +143,7 @@ def scan_processes(host_ns: dict[str, int]) -> list[_Proc]:
             key = ("rt", att.runtime, att.id, att.pod_uid or "", path)
         else:
             key = ("ns",) + tuple(ns.get(k, 0) for k in GROUP_NS) + (path,)
-        out.append(_Proc(pid, st.ppid, st.starttime, st.comm, key, ns.get("pid", 0)))
+        out.append(_Proc(pid, st.ppid, st.starttime, st.comm, key, ns.get("pid", 0), ns, cg))
     return out
 
 
@@ -186,7 +191,7 @@ def group(procs: list[_Proc], host_pidns: int | None = None) -> list[Container]:
             runtime, ident, pod = "namespaced", f"ns-{init.key[3]}-{init.pid}", None
         out.append(Container(runtime=runtime, id=ident, init_pid=init.pid,
                              pids=sorted(pids), comms={p.pid: p.comm for p in members},
-                             cgroup_path=path, pod_uid=pod))
+                             cgroup_path=path, pod_uid=pod, init_ns=init.ns, init_cgroups=init.cgroups))
     out.sort(key=lambda c: (c.runtime, c.init_pid))
     return out
 

@@ -58,6 +58,13 @@ class HostInfo:
     cap_bnd: frozenset[str] = frozenset()  # what a privileged container can get: the host init's bounding set
     extra_sockets: list[str] = field(default_factory=list)
 
+    def mount_keys(self) -> set[tuple[str, str, str]]:
+        """(dev, root, mountpoint) of every host mount, to spot mounts a tree merely inherited."""
+        keys = self.__dict__.get("_keys")
+        if keys is None:
+            keys = self.__dict__["_keys"] = {(m.dev, m.root, m.mountpoint) for m in self.mounts}
+        return keys
+
     def host_path(self, m: facts.Mount) -> str | None:
         """The host path a container's bind mount shows, or None (overlay, tmpfs, proc...)."""
         best = None

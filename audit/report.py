@@ -8,6 +8,7 @@ carry the escaped text too, so piping them to a terminal is equally safe.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING
 
 from sandbox.errors import escape
@@ -25,12 +26,20 @@ COLOURS = {"critical": "\x1b[1;31m", "high": "\x1b[31m", "medium": "\x1b[33m", "
 RESET = "\x1b[0m"
 
 
+_CTRL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _e(text: str) -> str:
+    # Most strings are clean: test with one regex scan before the per-character escape.
+    return escape(text) if _CTRL.search(text) else text
+
+
 def _esc(v):
     """Escape every string in a JSON-able value."""
     if isinstance(v, str):
-        return escape(v)
+        return _e(v)
     if isinstance(v, dict):
-        return {escape(str(k)): _esc(x) for k, x in v.items()}
+        return {_e(str(k)): _esc(x) for k, x in v.items()}
     if isinstance(v, (list, tuple, set, frozenset)):
         return [_esc(x) for x in (sorted(v) if isinstance(v, (set, frozenset)) else v)]
     return v
@@ -83,7 +92,8 @@ def to_json(results: list["Result"], host_kernel: str = "") -> str:
         "summary": summary(results),
         "containers": [container_dict(r) for r in results],
     }
-    return json.dumps(doc, indent=2, sort_keys=False)
+    # No indent: the C encoder is ~10x faster on a thousand containers; pipe through `jq` to read.
+    return json.dumps(doc)
 
 
 def sarif_rules() -> list[dict]:
@@ -144,7 +154,7 @@ def to_sarif(results: list["Result"]) -> str:
             "results": out,
         }],
     }
-    return json.dumps(doc, indent=2)
+    return json.dumps(doc)
 
 
 def to_table(results: list["Result"], colour: bool = False) -> str:

@@ -36,9 +36,14 @@ class Result:
 def audit_container(c: Container, host: HostInfo, cache: _Cache | None = None) -> Result | None:
     """Full facts for the container's init only. None when it vanished mid-scan."""
     try:
-        pf = facts.read(c.init_pid, host_pid="self", with_mounts=True)
-        argv = facts.read_cmdline(c.init_pid, 4096)
-        pf.host_ns = host.ns
+        pid = c.init_pid
+        status = facts.read_status(pid)
+        ns = dict(c.init_ns) if c.init_ns else facts.read_ns(pid)
+        pf = facts.ProcFacts(pid=pid, status=status, uid_map=facts.read_idmap(pid, "uid"),
+                             gid_map=facts.read_idmap(pid, "gid"), ns=ns, mounts=facts.read_mountinfo(pid),
+                             cgroups=c.init_cgroups or facts.read_cgroup(pid), lsm_label=facts.read_lsm_label(pid),
+                             host_ns=host.ns)
+        argv = facts.read_cmdline(pid, 4096)
         subj = subject_from_facts(pf, host, comms=list(c.comms.values()), name=c.display, runtime=c.runtime,
                                   group_pids=c.pids, cache=cache)
     except facts.ProcessGone:

@@ -115,6 +115,8 @@ class _Cache:
         self.cg: dict[str, str | None] = {}
         self.listeners: dict[int, list[facts.Listener]] = {}
         self.proc_exists: dict[str, bool] = {}
+        self.devices: dict = {}
+        self.device_views: dict = {}
 
     def value(self, path: str) -> str | None:
         if path not in self.cg:
@@ -220,7 +222,7 @@ def _limits(host, cache: _Cache, cgroups) -> tuple[int | None, int | None, float
 
 def _mount_views(pfacts: facts.ProcFacts, host, pid: int) -> list[MountView]:
     out = []
-    host_keys = {(hm.dev, hm.root, hm.mountpoint) for hm in host.mounts}
+    host_keys = host.mount_keys()
     sock_by_dev: dict[str, list] = {}
     for s in host.sockets:
         sock_by_dev.setdefault(s.mount_dev, []).append(s)
@@ -260,6 +262,7 @@ def subject_from_facts(pfacts: facts.ProcFacts, host, comms: list[str] | None = 
     euid = st.uid[1]
     host_uid = facts.outside_id(pfacts.uid_map, euid) if pfacts.uid_map else None
     root_host = facts.outside_id(pfacts.uid_map, 0) == 0 if pfacts.uid_map else False
+    host_keys = host.mount_keys()
     mounts = _mount_views(pfacts, host, pid)
     by_target = {}
     for m in mounts:
@@ -282,30 +285,38 @@ def subject_from_facts(pfacts: facts.ProcFacts, host, comms: list[str] | None = 
     sys_rw = None if sysm is None else (sysm.fstype == "sysfs" and not sysm.readonly)
     root = by_target.get("/")
     root_m = pfacts.mount_at("/")
-    root_is_host = root_m is not None and any(
-        hm.mountpoint == "/" and hm.dev == root_m.dev and hm.root == root_m.root for hm in host.mounts)
+    root_is_host = root_m is not None and (root_m.dev, root_m.root, "/") in host_keys
     cg_rw = tuple(m.target for m in mounts if m.fstype in ("cgroup", "cgroup2") and not m.readonly)
     v1_rw = any(m.fstype == "cgroup" and not m.readonly for m in mounts)
     mem, pids, cpu, devall = _limits(host, cache, pfacts.cgroups)
-    devs = facts.list_devices(pid)
-    devices = None if devs is None else tuple(Device(d.path, d.kind, d.major, d.minor) for d in devs)
-    # Listening sockets: per net namespace (cached); with the host's netns only the
-    # container's own sockets count (found through its processes' fds).
-    net_ino = pfacts.ns.get("net", 0)
-    if net_ino not in cache.listeners:
-        try:
-            cache.listeners[net_ino] = facts.read_listeners(pid)
-        except (facts.ProcessGone, OSError):
-            cache.listeners[net_ino] = []
-    lst = cache.listeners[net_ino]
+    devs = facts.list_devices(pid, cache=cache.devices)
+    if devs is None:
+        devices = None
+    else:
+        # Containers on the same /dev share one listing object: convert (and judge) it once.
+        devices = cache.device_views.get(id(devs))
+        if devices is None:
+            devices = tuple(Device(d.path, d.kind, d.major, d.minor) for d in devs)
+            cache.device_views[id(devs)] = devices
+    # Listening sockets matter where they are exposed: in the host's network namespace (read
+    # once per scan, cached), narrowed to the sockets this container's processes hold. A private
+    # netns is reachable only through published ports; its tables are not read, because
+    # /proc/PID/net/tcp walks the kernel's whole connection hash (~10 ms each on a busy host).
+    lst: list[facts.Listener] = []
     if "net" in shared:
+        net_ino = pfacts.ns.get("net", 0)
+        if net_ino not in cache.listeners:
+            try:
+                cache.listeners[net_ino] = facts.read_listeners(pid)
+            except (facts.ProcessGone, OSError):
+                cache.listeners[net_ino] = []
         mine: set[int] = set()
         for p in (group_pids or [pid])[:64]:
             try:
                 mine |= facts.read_socket_inodes(p)
             except (facts.ProcessGone, OSError):
                 continue
-        lst = [x for x in lst if x.inode in mine]
+        lst = [x for x in cache.listeners[net_ino] if x.inode in mine]
     listeners = tuple(sorted({f"{x.proto}/{x.address}:{x.port}" for x in lst if x.all_interfaces}))
     return Subject(
         name=name, runtime=runtime,

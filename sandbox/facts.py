@@ -581,16 +581,25 @@ class DeviceNode:
     minor: int
 
 
-def list_devices(pid: int | str, limit: int = 4096) -> list[DeviceNode] | None:
+def list_devices(pid: int | str, limit: int = 4096, cache: dict | None = None) -> list[DeviceNode] | None:
     """Device nodes under pid's /dev (one level of subdirectories, pts/shm/mqueue skipped).
 
     None when /dev cannot be opened inside the root. Bounded to `limit` entries.
+    `cache` maps the /dev directory's (st_dev, st_ino) to its listing: many
+    containers share the host's devtmpfs, which need not be listed twice per scan.
     """
     import stat as _stat
     try:
         dfd = open_in_root(pid, "/dev", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return None
+    key = None
+    if cache is not None:
+        st = os.fstat(dfd)
+        key = (st.st_dev, st.st_ino)
+        if key in cache:
+            os.close(dfd)
+            return cache[key]
     out: list[DeviceNode] = []
     seen = 0
 
@@ -625,6 +634,8 @@ def list_devices(pid: int | str, limit: int = 4096) -> list[DeviceNode] | None:
         walk(dfd, "/dev", 0)
     finally:
         os.close(dfd)
+    if key is not None:
+        cache[key] = out
     return out
 
 

@@ -164,8 +164,10 @@ def test_cli_fail_on_exit_codes(zoo):  # noqa: F811
     assert sbx("audit", zoo.names["tight"], "--fail-on", "info").returncode == 1  # it has low/medium ones
     p = sbx("audit", "no-such-container-xyz")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
-    p = sbx("audit", "--policy", "restricted")
-    assert p.returncode == 2 and "policy" in p.stderr and "Traceback" not in p.stderr
+    p = sbx("audit", zoo.names["priv"], "--policy", "restricted", "--fail-on", "high")
+    assert p.returncode == 1 and "SBX-P" in p.stdout, p.stdout + p.stderr  # conformance: policy violations
+    p = sbx("audit", "--policy", "no-such-policy")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
 
 
 def test_cli_table_groups_worst_first(zoo):  # noqa: F811
