@@ -448,8 +448,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             workload_pid = kids[0]
             f = facts.read(workload_pid, host_pid=parent)
             from .verify import check
-            v = check(spec, f, host_uid=plan.idmap.host_uid(spec.uid),
-                      host_gid=_host_gid(plan.idmap, spec.gid),
+            v = check(spec, f, host_uid=plan.idmap.host_uid(spec.uid), host_gid=plan.idmap.host_gid(spec.gid),
                       seccomp_expected=plan.seccomp_bpf is not None, cgroup=plan.cgroup)
             record["verification"] = v.to_dict()
             if not v.ok:
@@ -464,14 +463,14 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             if plan.mac is not None:
                 from . import mac
                 from .verify import check_label
-                problem = check_label(workload_pid, mac.expected_label(plan.mac))
+                label, problem = check_label(workload_pid, mac.expected_label(plan.mac))
                 if problem:
                     raise VerifyError("verification failed after exec, workload killed: " + problem)
-                record["lsm_label"] = facts.read_lsm_label(workload_pid) if problem is None else None
+                record["lsm_label"] = label
         except _ExecError as e:
             code = e.msg.get("code", EXIT_NOT_EXECUTABLE)
             _print(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get('exec_error')}")
-            status = _reap(pid)
+            _reap(pid)
             record.update(exit_code=code, finished=time.time())
             return Result(code, sid, record)
         except BaseException:
@@ -484,9 +483,6 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         status, timed_out = _wait(pid, init_pid, spec.timeout, plan)
         from .initproc import status_to_code
         code = EXIT_TIMEOUT if timed_out else status_to_code(status)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_REFUSED:
-            # Our setup child itself failed late (after exec this cannot happen; keep the code).
-            pass
         oom = False
         if plan.cgroup is not None:
             try:
@@ -498,20 +494,13 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         if oom:
             mem = spec.resources.memory
             _print(stderr, f"sbx: sandbox {sid[:12]} was killed by the OOM killer at its memory limit"
-                           f" ({mem} bytes)" if mem else "")
+                           + (f" ({mem} bytes)" if mem else ""))
         record.update(exit_code=code, finished=time.time(), timed_out=timed_out, oom_killed=oom)
         return Result(code, sid, record, oom_killed=oom, timed_out=timed_out)
     finally:
         _close(chan.ctl_w)
         _close(chan.status_r)
         release(plan)
-
-
-def _host_gid(idmap, gid: int) -> int | None:
-    for i, o, c in idmap.gid_map:
-        if i <= gid < i + c:
-            return o + gid - i
-    return None
 
 
 def _print(stream, text: str) -> None:

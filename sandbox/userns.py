@@ -37,10 +37,10 @@ class IdPlan:
     lock_fd: int | None = field(default=None, repr=False)
 
     def host_uid(self, inside: int) -> int | None:
-        for i, o, c in self.uid_map:
-            if i <= inside < i + c:
-                return o + inside - i
-        return None
+        return _outside(self.uid_map, inside)
+
+    def host_gid(self, inside: int) -> int | None:
+        return _outside(self.gid_map, inside)
 
     def release(self) -> None:
         if self.lock_fd is not None:
@@ -51,6 +51,13 @@ class IdPlan:
 
     def describe(self) -> dict:
         return {"uid_map": self.uid_map, "gid_map": self.gid_map, "rootless": self.rootless, "slot": self.slot}
+
+
+def _outside(idmap: list[tuple[int, int, int]], inside: int) -> int | None:
+    for i, o, c in idmap:
+        if i <= inside < i + c:
+            return o + inside - i
+    return None
 
 
 def _subid_range(path: str) -> tuple[int, int] | None:

@@ -133,14 +133,14 @@ def _cpulist(text: str | None) -> set[int]:
     return out
 
 
-def check_label(pid: int, expected: str | None) -> str | None:
-    """After exec: the LSM label in effect must be the one we asked for. Returns a problem or None."""
+def check_label(pid: int, expected: str | None) -> tuple[str | None, str | None]:
+    """After exec: the LSM label in effect must be the one we asked for. Returns (label, problem)."""
     if expected is None:
-        return None
+        return None, None
     try:
         label = facts.read_lsm_label(pid)
     except facts.ProcessGone:
-        return None  # the workload already finished; nothing left to confine
+        return None, None  # the workload already finished; nothing left to confine
     if label is None or not (label == expected or label.startswith(expected + " ")):
-        return f"LSM label is {label!r}, expected {expected!r}"
-    return None
+        return label, f"LSM label is {label!r}, expected {expected!r}"
+    return label, None
