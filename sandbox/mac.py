@@ -228,8 +228,16 @@ def prepare(sec: Security, sandbox_id: str) -> MacPlan:
             typ = sec.selinux_type or DEFAULT_SELINUX_TYPE
             level = sec.selinux_level or mcs_level()
             ctx = f"{SELINUX_USER_ROLE}:{typ}:{level}"
-            _check_selinux_context(ctx)
-            plan.selinux_context = ctx
+            try:
+                _check_selinux_context(ctx)
+                plan.selinux_context = ctx
+            except SbxError as e:
+                # The host runs SELinux but its policy lacks our domain: for "if-available"
+                # that is the LSM being unavailable to us; we say so and claim no label.
+                if sec.selinux == REQUIRED or typ != DEFAULT_SELINUX_TYPE:
+                    raise
+                plan.notes.append(f"selinux: available but {typ} is not in the loaded policy, not labelled "
+                                  f"(fix: sudo semodule -i {selinux_module_path()})")
     return plan
 
 
