@@ -218,6 +218,7 @@ def read_pids(path: str) -> list[int]:
 def rmdir_retry(path: str, timeout: float = 2.0) -> bool:
     """rmdir; EBUSY while the last task is still exiting is retried briefly. True when gone."""
     deadline = time.monotonic() + timeout
+    step = 0.0001
     while True:
         try:
             os.rmdir(path)
@@ -227,7 +228,8 @@ def rmdir_retry(path: str, timeout: float = 2.0) -> bool:
         except OSError as e:
             if e.errno != errno.EBUSY or time.monotonic() > deadline:
                 return False
-        time.sleep(WAIT_STEP * 5)
+        time.sleep(step)
+        step = min(step * 2, WAIT_STEP * 5)
 
 
 # ---------------------------------------------------------------- per-sandbox lock
@@ -418,11 +420,14 @@ class Cgroup:
         if sig != signal.SIGKILL:
             return
         deadline = time.monotonic() + timeout
+        step = 0.0001
         while self.procs():
             if time.monotonic() > deadline:
                 return  # destroy() reports the leftover as EBUSY
-            time.sleep(WAIT_STEP)
-            self._signal_each(sig)  # a fork that raced the first round
+            time.sleep(step)
+            step = min(step * 2, WAIT_STEP * 5)
+            if step >= WAIT_STEP:
+                self._signal_each(sig)  # a fork that raced the first round
 
     def _signal_each(self, sig: int) -> None:
         # Freezing first (when we can) stops a fork loop from outrunning us; a
@@ -489,7 +494,11 @@ class Cgroup:
 
 
 def refusal(problems: list[Unavailable]) -> SbxError:
-    parts = [f"{', '.join(p.labels)} cannot be enforced: {p.reason}; fix: {p.fix}" for p in problems]
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for p in problems:  # one reason+fix, however many caps it costs
+        grouped.setdefault((p.reason, p.fix), []).extend(p.labels)
+    parts = [f"{', '.join(labels)} cannot be enforced: {reason}; fix: {fix}"
+             for (reason, fix), labels in grouped.items()]
     return SbxError(" | ".join(parts) + f"; {FIX_DEGRADE}", where="cgroups")
 
 
@@ -524,11 +533,15 @@ def labels_for(res: Resources) -> dict[str, list[str]]:
 
 
 def wait_until(pred, timeout: float, what: str) -> None:
+    # Kernel state changes (FROZEN, tasks gone) usually land within a millisecond:
+    # poll fast first, then back off so a slow case does not burn a core.
     deadline = time.monotonic() + timeout
+    step = 0.0001
     while not pred():
         if time.monotonic() > deadline:
             raise SbxError(f"timed out waiting for {what}", where="cgroups")
-        time.sleep(WAIT_STEP)
+        time.sleep(step)
+        step = min(step * 2, WAIT_STEP * 5)
 
 
 @dataclass

@@ -244,7 +244,7 @@ def create(sandbox_id: str, res: Resources, degrade: bool) -> V1Cgroup:
                 write_file(path, w.value)
             except OSError as e:
                 hint = ""
-                if w.controller == "cpuset" and e.errno == errno.EINVAL:
+                if w.controller == "cpuset" and e.errno in (errno.EINVAL, errno.ERANGE):
                     hint = f" (available: {cg._parent_value(w.file)})"
                 raise SbxError(f"{w.label or w.file}: writing {w.value} to {path} failed: {e.strerror}{hint}",
                                where="cgroups") from None

@@ -17,8 +17,8 @@ from ..errors import SbxError
 from ..spec import Resources
 from .base import (
     PARENT, Cgroup, CgroupStats, Discovered, Unavailable, Write, degraded_lines, format_list, host_has_swap,
-    labels_for, page_floor, parse_list, quota_us, read_file, read_keyed, read_pids, refusal, release_lock,
-    rmdir_retry, shares_to_weight, swap_total, take_lock, wait_until, write_file,
+    labels_for, page_floor, parse_list, quota_us, read_file, read_keyed, read_lock_record, read_pids, refusal,
+    release_lock, rmdir_retry, shares_to_weight, swap_total, take_lock, wait_until, write_file,
 )
 
 CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
@@ -306,7 +306,7 @@ def create(sandbox_id: str, res: Resources, degrade: bool) -> V2Cgroup:
                 write_file(path, w.value)
             except OSError as e:
                 hint = ""
-                if w.file.startswith("cpuset.") and e.errno == errno.EINVAL:
+                if w.file.startswith("cpuset.") and e.errno in (errno.EINVAL, errno.ERANGE):
                     try:
                         hint = f" (available: {read_file(os.path.join(d, w.file + '.effective')).strip()})"
                     except OSError:
@@ -335,13 +335,23 @@ def list_sandboxes() -> dict[str, list[str]]:
 
 
 def open_existing(sandbox_id: str) -> V2Cgroup | None:
-    base, rel, _ = find_base()
-    if base is None:
+    # A rootless sbx verb may run from another cgroup than the creator did (another
+    # terminal, another scope), so prefer the directory the creator recorded in its
+    # lock file; accept it only if it really is <somewhere in the cgroup2 mount>/sbx/<id>.
+    m = mount()
+    if m is None:
         return None
-    d = os.path.join(base, PARENT, sandbox_id)
-    if not os.path.isdir(d):
-        return None
-    return V2Cgroup(sandbox_id, {"unified": d}, {"unified": posixpath.join(rel, PARENT, sandbox_id)})
+    rec = read_lock_record(sandbox_id) or {}
+    d = (rec.get("paths") or {}).get("unified") if rec.get("version") == "v2" else None
+    top = m.mountpoint.rstrip("/") + "/"
+    if not (isinstance(d, str) and d.startswith(top) and d.endswith(f"/{PARENT}/{sandbox_id}")
+            and ".." not in d.split("/") and os.path.isdir(d)):
+        base, _, _ = find_base()
+        d = os.path.join(base, PARENT, sandbox_id) if base else None
+        if d is None or not os.path.isdir(d):
+            return None
+    rel = posixpath.join(m.root, os.path.relpath(d, m.mountpoint))
+    return V2Cgroup(sandbox_id, {"unified": d}, {"unified": rel})
 
 
 def is_empty(dirs: list[str]) -> bool:
