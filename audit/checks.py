@@ -443,9 +443,30 @@ def _sensitive_ro(s: Subject):
         flagged.append(m.target)
         if not m.readonly:
             continue
-        public = any(m.source == p or m.source.startswith(p) for p in PUBLIC_ETC) and "/private" not in m.source
-        sev = "low" if base in LOW_RO_PATHS or public else "medium"
-        out.append((sev, f"host {m.source} mounted read-only at {m.target}", {"source": m.source, "target": m.target}))
+        if _system_ro(m.source, base):
+            continue  # SBX-A042
+        out.append((f"host {m.source} mounted read-only at {m.target}", {"source": m.source, "target": m.target}))
+    return out
+
+
+def _system_ro(source: str, base: str) -> bool:
+    public = any(source == p or source.startswith(p) for p in PUBLIC_ETC) and "/private" not in source
+    return base in LOW_RO_PATHS or public
+
+
+@check("SBX-A042", "Host system directories mounted read-only", "low",
+       "Read-only binds of /usr, /lib or public /etc parts (certificates, alternatives) expose no secrets but "
+       "tie the container to host binaries; Pod Security baseline forbids any hostPath volume.",
+       "Prefer an image root filesystem; keep such binds read-only.",
+       ("mountinfo",), cis="5.5")
+def _system_dirs_ro(s: Subject):
+    out = []
+    for m in s.mounts:
+        if not m.bind or not m.readonly or m.target == "/" or m.runtime_socket:
+            continue
+        base = _sensitive(m.source)
+        if base is not None and _system_ro(m.source, base):
+            out.append((f"host {m.source} mounted read-only at {m.target}", {"source": m.source, "target": m.target}))
     return out
 
 
@@ -719,7 +740,29 @@ def markdown() -> str:
     for c in CHECKS:
         pss = f"{c.pss[0]}: `{c.pss[1]}`" if c.pss else "-"
         lines.append(f"| {c.id} | {c.title} | {c.severity} | {c.cis or '-'} | {pss} | {c.ksv or '-'} | {c.kubescape or '-'} |")
-    lines.append("")
+    lines += ["", "## Verdicts", "",
+              "* **score**: 100 minus, per check at its worst finding: critical 40, high 20, medium 8, low 2 "
+              "(floor 0).",
+              "* **pss**: `restricted` when no finding maps to a PSS control; `baseline` when only restricted-level "
+              "controls are violated; `privileged` (meets neither) when a baseline control is violated.", "",
+              "## JSON output (`sbx audit --format json`, schema_version \"1\")", "",
+              "```",
+              "{schema_version: \"1\", tool: {name, version}, kernel,",
+              " summary: {containers, findings: {critical, high, medium, low, info}},",
+              " containers: [{id, name, runtime, init_pid, pids, processes, command, cgroup, labels,",
+              "               score, pss, worst, error,",
+              "               posture: {uid, host_uid, userns, root_maps_host_root, cap_eff, cap_bnd, cap_amb,",
+              "                         no_new_privs, seccomp, lsm_label, host_namespaces, root_readonly,",
+              "                         memory_limit, pids_limit, cpu_limit, network},",
+              "               findings: [{check, severity, title, message, evidence}]}]}",
+              "```", "",
+              "Keys are only ever added within a schema version. Strings from containers are escaped "
+              "(control characters as `\\xNN`). Containers are ordered worst score first.", "",
+              "## SARIF output (`--format sarif`)", "",
+              "SARIF 2.1.0, one run; `tool.driver.rules` holds one rule per check (help text, "
+              "`properties.mappings` with the CIS/PSS/Trivy/Kubescape ids, `security-severity`); each result "
+              "references its rule by `ruleId`/`ruleIndex` and names the container as a logical location "
+              "(`runtime/name`). Critical/high map to `error`, medium to `warning`, low/info to `note`.", ""]
     for c in CHECKS:
         lines += [f"## {c.id}: {c.title}", "", f"*Severity:* {c.severity}. *Reads:* {', '.join(c.reads)}.", "",
                   c.rationale, "", f"*Remediation:* {c.remediation}", ""]
