@@ -199,3 +199,27 @@ def test_cgroup_suite_passes_on_cgroup_v2():
     assert r.exit_code == 0, r.output[-4000:]
     m = re.search(r"(\d+) passed", r.output)
     assert m and int(m.group(1)) > 0, r.output[-4000:]
+
+
+def test_initramfs_holds_init_busybox_modules_and_console():
+    # Read back with the real cpio tool: proves our newc writer emits what the kernel unpacks.
+    import gzip
+    import shutil
+    import subprocess
+
+    from tests.vm import build
+    _need_vm()
+    if shutil.which("cpio") is None:
+        pytest.skip("cpio not installed")
+    art = build.ensure_artifacts()
+    p = subprocess.run(["cpio", "-itv", "--quiet"], input=gzip.decompress(art.initrd.read_bytes()),
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    listing = p.stdout.decode().splitlines()
+    names = {line.split()[-1]: line for line in listing}
+    assert names["init"].startswith("-rwxr-xr-x")
+    assert names["bin/busybox"].startswith("-rwxr-xr-x")
+    assert names["dev/console"].startswith("crw")
+    mods = {n.rsplit("/", 1)[-1][:-3] for n in names if n.startswith("lib/sbxmod/")}
+    assert mods == {m for m in build.MODULES if (art.kernel.parent / "modules" / f"{m}.ko").exists()}
+    assert {"9p", "9pnet_virtio", "overlay"} <= mods

@@ -268,8 +268,14 @@ def _initrd(modules: Path, busybox: Path) -> bytes:
     return gzip.compress(c.finish(), compresslevel=6, mtime=0)
 
 
+_built: dict[Path, Artifacts] = {}
+
+
 def ensure_artifacts() -> Artifacts:
     """Download/extract the kernel and build the initramfs once; later calls hit the cache."""
+    known = _built.get(cache_dir())
+    if known is not None and known.kernel.exists() and known.initrd.exists():
+        return known   # skip apt-cache and hashing busybox again in this process
     if platform.machine() != "x86_64":
         raise BuildError(f"the VM harness boots an amd64 kernel; this host is {platform.machine()}")
     root = cache_dir()
@@ -290,4 +296,6 @@ def ensure_artifacts() -> Artifacts:
             tmp = initrd.with_suffix(".tmp")
             tmp.write_bytes(_initrd(root / pkg / "modules", busybox))
             os.replace(tmp, initrd)
-        return Artifacts(kernel=kernel, initrd=initrd, package=pkg, release=release)
+        art = Artifacts(kernel=kernel, initrd=initrd, package=pkg, release=release)
+    _built[cache_dir()] = art
+    return art
