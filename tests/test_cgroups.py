@@ -507,3 +507,33 @@ def test_rootless_uses_a_delegated_v2_cgroup():
     assert out["paths"] == {"unified": os.path.join(deleg, "sbx", "test-deleg")}
     assert out["degraded"] == [] and out["verify"] == [] and out["contains"]
     assert out["killed"] and out["oom"] and out["left"] == []
+
+
+def _test_dirs() -> set[str]:
+    """Every test- cgroup directory under any sbx parent on this host."""
+    from sandbox.cgroups import v1, v2
+    found = (v2 if VERSION == "v2" else v1).list_sandboxes()
+    return {d for sid, ds in found.items() if sid.startswith("test-") for d in ds}
+
+
+def test_no_cgroup_left_after_200_sandboxes_some_creators_sigkilled():
+    before = _test_dirs()
+    res = Resources(memory=64 * MiB, pids_limit=16)
+    killed = []
+    for i in range(200):
+        if i % 10 == 9:
+            killed.append(_orphan(attach_self=False)[0])  # an sbx SIGKILLed mid-run
+            continue
+        cg = cgroups.create("test-" + os.urandom(8).hex(), res, degrade=False)
+        c = Child(lambda: 0)
+        try:
+            cg.attach(c.pid)
+            c.go()
+            c.wait()
+        finally:
+            c.kill()
+            cg.destroy()
+    assert len(killed) == 20
+    cgroups.reap_stale()  # what the next sbx start does
+    assert _test_dirs() - before == set()
+    assert not any(os.path.exists(base.lock_path(s)) for s in killed)
