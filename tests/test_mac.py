@@ -332,6 +332,12 @@ SE_VM_SCRIPT = r"""
 cd {repo}
 PY={py}
 echo "LSM=$(cat /sys/kernel/security/lsm)"
+# first with Debian's policy as booted (no sbx_t): if-available runs unlabelled and says so; required refuses
+$PY -m sandbox run --record /run/rec0.json -- /bin/sh -c 'echo "LABEL0=$(cat /proc/self/attr/current)"'
+echo "RUN0=$?"
+grep -o 'selinux: available but sbx_t is not in the loaded policy' /run/rec0.json | sed 's/^/NOTE0=/'
+printf 'extends: strict\nname: se-req\nsecurity:\n  selinux: {{type: sbx_t, mode: required}}\n' > /run/sereq.yaml
+$PY -m sandbox run --profile /run/sereq.yaml -- true 2>/dev/null; echo "REQ0=$?"
 # one write(): the kernel takes a policy in a single buffer
 $PY -c "import os; d=open('{store}/etc/selinux/default/policy/policy.33','rb').read(); fd=os.open('/sys/fs/selinux/load', os.O_WRONLY); print('LOADED=%d' % (os.write(fd, d) == len(d)))"
 echo "ENFORCE=$(cat /sys/fs/selinux/enforce)"
@@ -360,6 +366,9 @@ def test_selinux_label_on_a_real_selinux_kernel(sbx_store):
     lines = [ln for ln in r.output.splitlines() if "=" in ln and ln[:1].isupper()]
     out = dict(ln.split("=", 1) for ln in lines)
     assert "selinux" in out["LSM"].split(","), r.output
+    assert out["RUN0"] == "0" and out["NOTE0"], r.output
+    assert ":sbx_t:" not in out["LABEL0"]  # never claim a label that is not in effect
+    assert out["REQ0"] == "125"
     assert out["LOADED"] == "1" and out["ENFORCE"] == "0", r.output
     assert out["RUN"] == "0" and out["TMP"] == "ok", r.output
     user, role, typ, sens, cats = out["LABEL"].split(":")
