@@ -92,6 +92,28 @@ def probe_userns() -> int:
     return _in_child(lambda: sc.unshare(sc.CLONE_NEWUSER))
 
 
+def probe_seccomp_filter() -> int:
+    """Install an allow-all seccomp filter in a child (after no_new_privs, as sbx does)."""
+    import ctypes
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    def body() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        insns = (SockFilter * 1)(SockFilter(0x06, 0, 0, 0x7FFF0000))  # BPF_RET|BPF_K SECCOMP_RET_ALLOW
+        prog = SockFprog(1, insns)
+        for args in ((38, 1, 0, 0, 0), (22, 2, ctypes.addressof(prog), 0, 0)):  # NO_NEW_PRIVS; SET_SECCOMP FILTER
+            if libc.prctl(*(ctypes.c_ulong(a) for a in args)) != 0:
+                raise OSError(ctypes.get_errno(), "prctl")
+
+    return _in_child(body)
+
+
 def probe_overlay_in_userns() -> int:
     """Mount an overlay inside a fresh user+mount namespace (what --rootfs needs)."""
     from . import syscalls as sc
@@ -241,14 +263,17 @@ def check_seccomp(r: Report, spec) -> None:
         if line.startswith("Seccomp:"):
             mode = line.split(":", 1)[1].strip()
     actions = (_read("/proc/sys/kernel/seccomp/actions_avail") or "").split()
-    ok = mode is not None and "errno" in actions and "kill_process" in actions
-    r.facts["seccomp"] = {"status_mode": mode, "actions_avail": actions, "filter": ok}
+    rc = probe_seccomp_filter()
+    ok = mode is not None and "errno" in actions and "kill_process" in actions and rc == 0
+    r.facts["seccomp"] = {"status_mode": mode, "actions_avail": actions, "filter": ok,
+                          "install_errno": None if rc == 0 else errno.errorcode.get(rc, str(rc))}
     if ok:
-        r.add("seccomp", "seccomp", OK, f"filter mode available (actions: {' '.join(actions)})")
+        r.add("seccomp", "seccomp", OK, f"a filter installs (actions: {' '.join(actions)})")
     else:
         need = spec.security.seccomp != "unconfined"
         r.add("seccomp", "seccomp", FAIL if need else WARN,
-              "seccomp filter mode is not available (no Seccomp: line or no errno/kill_process action)",
+              "seccomp filter mode is not available (no Seccomp: line, no errno/kill_process action, "
+              "or installing a filter failed)",
               "use a kernel built with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y")
 
 

@@ -122,3 +122,22 @@ def test_no_landlock_is_a_warning_for_strict():
     ll = _check(rep, "landlock")
     assert rep["facts"]["landlock_abi"] == 0 and ll["status"] == "warn" and ll["fix"]
     assert p.returncode == (0 if rep["strict_can_run"] else 1)
+
+
+def test_seccomp_probe_installs_a_real_filter_and_failure_blocks_strict():
+    """When the environment forbids installing filters (a real parent filter refusing
+    prctl(PR_SET_SECCOMP) and seccomp(2)), doctor's probe fails and strict is reported unrunnable."""
+    assert doctor.probe_seccomp_filter() == 0
+    pyseccomp = pytest.importorskip("pyseccomp")
+
+    def block_filters():
+        f = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
+        f.add_rule(pyseccomp.ERRNO(errno.EPERM), "prctl", pyseccomp.Arg(0, pyseccomp.EQ, 22))
+        f.add_rule(pyseccomp.ERRNO(errno.EPERM), "seccomp")
+        f.load()
+    p = _doctor("--json", preexec=block_filters)
+    rep = _json(p)
+    sc = _check(rep, "seccomp")
+    assert sc["status"] == "fail" and sc["fix"], sc
+    assert rep["facts"]["seccomp"]["install_errno"] == "EPERM"
+    assert p.returncode == 1
