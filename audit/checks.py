@@ -177,11 +177,15 @@ def _dangerous_bnd(s: Subject):
        "Ambient capabilities survive execve of unprivileged programs, so every program the container runs "
        "holds them.",
        "Do not set ambient capabilities; grant file capabilities to the one binary that needs them.",
-       ("status.CapAmb",), cis="5.3", pss=("baseline", "securityContext.capabilities.add"), kubescape="C-0046")
+       ("status.CapAmb",), cis="5.3", kubescape="C-0046")
 def _ambient(s: Subject):
     if not s.cap_amb:
         return []
-    sev = "high" if s.cap_amb & DANGEROUS_CAPS and not _confined(s) else "medium"
+    # Within Docker's defaults this is how a non-root workload keeps a granted cap (sbx does it): low.
+    if s.cap_amb & DANGEROUS_CAPS:
+        sev = "high" if not _confined(s) else "medium"
+    else:
+        sev = "medium" if s.cap_amb - DOCKER_DEFAULT_CAPS else "low"
     return [(sev, f"ambient capabilities: {_caps(s.cap_amb)}", {"caps": sorted(s.cap_amb)})]
 
 

@@ -247,8 +247,8 @@ def _sbx_meta(cid: str) -> dict | None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", cid):
         return None
     d = state_dir()
-    for path in (os.path.join(d, cid, "state.json"), os.path.join(d, f"{cid}.json"),
-                 os.path.join(d, "sandboxes", cid, "state.json")):
+    # sandbox.state layout: <state_dir>/sandboxes/<id>/config.json holds the name (detached sandboxes).
+    for path in (os.path.join(d, "sandboxes", cid, "config.json"), os.path.join(d, "sandboxes", cid, "state.json")):
         data = _read_json(path)
         if isinstance(data, dict):
             return data

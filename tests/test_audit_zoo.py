@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -177,3 +180,35 @@ def test_cli_table_groups_worst_first(zoo):  # noqa: F811
     scores = [int(h.split("score ")[1].split("/")[0]) for h in heads]
     assert scores == sorted(scores)
     assert "\x1b[" not in p.stdout  # not a tty: no colour
+
+
+def test_listener_on_all_host_interfaces(zoo):  # noqa: F811
+    name = zoo.names["nethost"]
+    port = 20000 + os.getpid() % 20000
+    subprocess.run(["podman", "exec", "-d", name, "/bin/busybox", "nc", "-l", "-p", str(port)], check=True)
+    want = {f"tcp/0.0.0.0:{port}", f"tcp6/:::{port}"}
+    for _ in range(100):
+        r = audit(ref=name)[0]
+        hits = [f for f in r.findings if f.check_id == "SBX-A039"]
+        if hits and want & set(hits[0].evidence["listeners"]):
+            break
+        time.sleep(0.05)
+    assert hits and hits[0].severity == "medium", [f.to_dict() for f in r.findings]
+    assert want & set(hits[0].evidence["listeners"])
+    # the host's own listeners (sshd, the harness) are not pinned on this container
+    assert all(x.endswith(f":{port}") for x in hits[0].evidence["listeners"])
+
+
+def test_sshd_inside_a_namespaced_tree_and_colour():
+    child = "import ctypes,time;ctypes.CDLL(None).prctl(15,b'sshd',0,0,0);print(1,flush=1);time.sleep(60)"
+    p = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "--", sys.executable, "-c", child],
+                         stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == b"1"
+        r = audit(pid=p.pid)[0]
+        assert "SBX-A038" in _ids(r)
+        out = sbx("audit", "--pid", str(p.pid), "--color")
+        assert "\x1b[1;31mCRITICAL" in out.stdout or "\x1b[31mHIGH" in out.stdout
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
