@@ -202,11 +202,43 @@ def _nft_bin() -> str:
     raise SbxError("--network bridge needs nftables (the 'nft' command) for its isolation rules; install nftables")
 
 
-def _nft(script: str) -> None:
-    p = subprocess.run([_nft_bin(), "-f", "-"], input=script.encode(), capture_output=True, timeout=20)
-    if p.returncode != 0:
-        err = p.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise SbxError("nftables refused sbx's rules: " + escape(err[0] if err else f"exit {p.returncode}"))
+class _NftJob:
+    """One nft transaction running in the background.
+
+    nft spends ~25 ms per transaction, and deleting or creating links costs
+    about as much in the kernel; the two are independent (rules match
+    interface names, not indexes), so they run side by side. The script goes
+    through a file in the 0700 store so a large ruleset cannot block a pipe.
+    """
+
+    def __init__(self, d: str, script: str):
+        path = os.path.join(d, f"rules.{os.getpid()}.{threading.get_ident()}.nft")
+        atomic_write(path, script.encode())
+        self.path = path
+        try:
+            self.proc = subprocess.Popen([_nft_bin(), "-f", path], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as e:
+            _unlink(path)
+            raise SbxError(f"cannot run nft: {e.strerror}") from None
+
+    def wait(self) -> None:
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            raise SbxError("nft did not finish within 20 s") from None
+        finally:
+            _unlink(self.path)
+        if self.proc.returncode != 0:
+            lines = err.decode("utf-8", "replace").strip().splitlines()
+            raise SbxError("nftables refused sbx's rules: " + escape(lines[0] if lines else f"exit {self.proc.returncode}"))
+
+    def abort(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        _unlink(self.path)
 
 
 def ruleset(allocs: list[_Alloc]) -> str:
@@ -262,9 +294,9 @@ table inet {NFT_TABLE} {{
 """
 
 
-def _nft_delete() -> None:
-    _nft(f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
-         f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n")
+def delete_script() -> str:
+    return (f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
+            f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n")
 
 
 # ---------------------------------------------------------------- netlink helpers
@@ -471,11 +503,6 @@ class BridgeNet:
         self.released = True
         if self.proxy is not None:
             self.proxy.stop()
-        try:
-            with _iproute()() as host:
-                _del_link(host, self.veth)  # takes the peer in the sandbox's namespace with it
-        except SbxError:
-            pass
         _forget(self.ip)
 
     def describe(self) -> dict:
@@ -505,10 +532,9 @@ def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
         if key in seen:
             raise SbxError(f"port {p.host_ip}:{p.host_port}/{p.proto} is published twice", where="-p")
         seen.add(key)
-    IPRoute = _iproute()
     veth = veth_name(sandbox_id)
     with _locked() as d:
-        allocs = _reap_locked(d, cfg)
+        allocs, dead = _scan(d, cfg)
         if any(a.veth == veth or a.sandbox_id == sandbox_id for a in allocs.values()):
             raise SbxError(f"sandbox id {sandbox_id[:12]} already has a bridge address")
         in_use = bool(allocs)
@@ -517,15 +543,22 @@ def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
         rec = _Alloc(str(ip), sandbox_id, me, _starttime(me) or 0, veth, bool(spec.egress))
         atomic_write(os.path.join(d, "alloc", str(ip)), json.dumps(rec.__dict__).encode())
         allocs[str(ip)] = rec
+        job = None
         try:
+            job = _firewall_job(d, allocs)
+            IPRoute = _iproute()  # the import (~115 ms cold) overlaps the nft transaction
             with IPRoute() as host:
+                _reap_links(host, d, dead, allocs)
                 _ensure_bridge(host, cfg, in_use)
-            _apply_firewall(d, allocs)
+            job.wait()
+            _firewall_done(d, allocs)
         except BaseException as e:
+            if job is not None:
+                job.abort()
             _unlink(os.path.join(d, "alloc", str(ip)))
             allocs.pop(str(ip), None)
             try:
-                _tidy_locked(d, allocs)
+                _sync_locked(d, allocs, [])
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
             if isinstance(e, SbxError):
@@ -562,62 +595,64 @@ def _forget(ip: ipaddress.IPv4Address) -> None:
     cfg = config()
     with _locked() as d:
         _unlink(os.path.join(d, "alloc", str(ip)))
-        allocs = _reap_locked(d, cfg)
-        _tidy_locked(d, allocs)
+        live, dead = _scan(d, cfg)
+        _sync_locked(d, live, dead)  # our veth is no live allocation's any more: deleted as stray
 
 
-def _reap_locked(d: str, cfg: BridgeConfig) -> dict[str, _Alloc]:
-    """Drop allocations of dead sbx processes and their veths; returns the live ones."""
+def _scan(d: str, cfg: BridgeConfig) -> tuple[dict[str, _Alloc], list[_Alloc]]:
+    """Allocations split by whether their sbx process still lives (pid + start time)."""
     allocs = _read_allocs(d, cfg)
-    dead = [a for a in allocs.values() if not a.alive()]
     live = {ip: a for ip, a in allocs.items() if a.alive()}
+    return live, [a for ip, a in allocs.items() if ip not in live]
+
+
+def _reap_links(host, d: str, dead: list[_Alloc], live: dict[str, _Alloc]) -> None:
+    """Delete the veths of dead or released sandboxes, then forget the dead allocations."""
     live_veths = {a.veth for a in live.values()}
-    stray = []
-    if dead or _has_stray_veth(live_veths):
-        IPRoute = _iproute()
-        with IPRoute() as host:
-            for a in dead:
-                _del_link(host, a.veth)
-            for link in host.get_links():
-                name = link.get_attr("IFLA_IFNAME") or ""
-                if name.startswith(VETH_PREFIX) and name not in live_veths:
-                    _del_link(host, name)
-                    stray.append(name)
-        for a in dead:
-            _unlink(os.path.join(d, "alloc", a.ip))
-    return live
+    for a in dead:
+        _del_link(host, a.veth)
+    for name in _stray_veths(live_veths):
+        _del_link(host, name)
+    for a in dead:
+        _unlink(os.path.join(d, "alloc", a.ip))
 
 
-def _has_stray_veth(live_veths: set[str]) -> bool:
-    # /sys/class/net is a cheap listing: no netlink round trip when nothing is stale.
+def _stray_veths(live_veths: set[str]) -> list[str]:
+    # /sys/class/net is a cheap listing: no netlink dump of every link on the host.
     try:
         names = os.listdir("/sys/class/net")
     except OSError:
-        return True
-    return any(n.startswith(VETH_PREFIX) and n not in live_veths for n in names)
+        return []
+    return [n for n in names if n.startswith(VETH_PREFIX) and n not in live_veths]
 
 
-def _apply_firewall(d: str, allocs: dict[str, _Alloc]) -> None:
-    egress = [a.ip for a in allocs.values() if a.egress]
-    if egress:
+def _firewall_job(d: str, allocs: dict[str, _Alloc]) -> _NftJob:
+    if any(a.egress for a in allocs.values()):
         _forwarding_on(d)
-    _nft(ruleset(list(allocs.values())))
-    if not egress:
+    return _NftJob(d, ruleset(list(allocs.values())) if allocs else delete_script())
+
+
+def _firewall_done(d: str, allocs: dict[str, _Alloc]) -> None:
+    if not any(a.egress for a in allocs.values()):
         _forwarding_restore(d)
 
 
-def _tidy_locked(d: str, allocs: dict[str, _Alloc]) -> None:
+def _sync_locked(d: str, live: dict[str, _Alloc], dead: list[_Alloc]) -> None:
     """Bring the host in line with the live allocations; with none left, remove everything of sbx."""
-    if allocs:
-        _apply_firewall(d, allocs)
-        return
-    _nft_delete()
-    _forwarding_restore(d)
-    idx = _host_ifindex(BRIDGE)
-    if idx is not None:
-        with _iproute()() as host:
-            if _is_bridge(host, idx):  # never someone else's link that happens to carry the name
-                _del_link(host, BRIDGE)
+    job = _firewall_job(d, live)
+    try:
+        stray = dead or _stray_veths({a.veth for a in live.values()})
+        bridge = _host_ifindex(BRIDGE) if not live else None
+        if stray or bridge is not None:
+            with _iproute()() as host:
+                _reap_links(host, d, dead, live)
+                if bridge is not None and _is_bridge(host, bridge):  # never someone else's link named sbx0
+                    _del_link(host, BRIDGE)
+    except BaseException:
+        job.abort()
+        raise
+    job.wait()
+    _firewall_done(d, live)
 
 
 def _forwarding_on(d: str) -> None:
@@ -642,6 +677,6 @@ def reap() -> dict:
         return {"skipped": "not root"}
     cfg = config()
     with _locked() as d:
-        live = _reap_locked(d, cfg)
-        _tidy_locked(d, live)
+        live, dead = _scan(d, cfg)
+        _sync_locked(d, live, dead)
     return {"live": sorted(live)}
