@@ -1,0 +1,286 @@
+"""`sbx exec`: run a command inside a running sandbox, never more privileged than its workload.
+
+    sbx exec (parent, host)        setns(pid) for its children; joins the child to the sandbox cgroup;
+     │                              verifies the parked child from /proc; waits; relays the exit code
+     └─ child (in the sandbox's pid ns)
+          setns user -> mnt, net, uts, ipc, cgroup (fds opened from /proc/INIT/ns/* before any setns)
+          chroot into /proc/INIT/root; then exactly the workload's stages, in launch's order:
+          rlimits -> Landlock -> LSM exec label -> caps/uid -> no_new_privs -> seccomp -> parked -> execve
+
+The BPF comes from the same seccomp.prepare() call launch makes (same profile,
+same kept caps: byte-identical), Landlock from the same landlock.plan(spec);
+the LSM label is the one the workload was verified to carry. The child is
+verified like the workload (verify.check, plus: every namespace equals the
+sandbox's) before it may exec, so a missing control kills it (fail closed).
+No shell is needed: argv[0] is resolved on the sandbox's PATH and exec'd directly.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from . import facts, state, syscalls as sc
+from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, SbxError, VerifyError
+from .spec import Spec, spec_from_dict
+
+# setns order: the user namespace first (it gives us the capabilities that own all the others).
+ENTER_ORDER = ("user", "mount", "net", "uts", "ipc", "cgroup")
+
+
+def _outside(idmap: list, inside: int) -> int | None:
+    for i, o, c in idmap or ():
+        if i <= inside < i + c:
+            return o + inside - i
+    return None
+
+
+def _mac_plan(spec: Spec, entry: state.Entry, sid: str):
+    sec = spec.security
+    if sec.apparmor == "off" and sec.selinux == "off":
+        return None
+    from . import mac
+    mp = mac.prepare(sec, sid)
+    label = entry.state.get("lsm_label")
+    if getattr(mp, "selinux_context", None):
+        if not label:
+            raise SbxError("the sandbox's SELinux label was not recorded: refusing an exec that could carry "
+                           "another one", where="exec")
+        mp.selinux_context = label  # per-sandbox MCS categories: reuse the workload's exact context
+    if getattr(mp, "apparmor_profile", None) or getattr(mp, "selinux_context", None):
+        return mp
+    return None
+
+
+def exec_in(entry: state.Entry, argv: list[str], *, env: list[str] = (), workdir: str | None = None,
+            stderr=None) -> int:
+    """Run argv inside the sandbox; returns its exit code (126/127 like run; 125 on refusal)."""
+    from . import launch
+    from .lifecycle import open_init
+
+    if not argv:
+        raise SbxError("exec needs a command", where="exec")
+    st = entry.status
+    if st == state.PAUSED:
+        raise SbxError(f"sandbox {entry.id[:12]} is paused; unpause it first", where="exec")
+    if st != state.RUNNING:
+        raise SbxError(f"sandbox {entry.id[:12]} is not running ({st})", where="exec")
+    spec = spec_from_dict(entry.config["spec"])
+    envd = spec.env_dict()
+    for e in env:
+        k, eq, v = e.partition("=")
+        if not k:
+            raise SbxError(f"bad -e value {e!r}: expected K=V", where="exec -e")
+        envd[k] = v if eq else os.environ.get(k, "")
+    pfd = open_init(entry)
+    if pfd is None:
+        raise SbxError(f"sandbox {entry.id[:12]} is not running (its init is gone)", where="exec")
+    init_pid = entry.state["init_pid"]
+    fds: dict[str, int] = {}
+    root_fd = None
+    try:
+        try:
+            for ns in ("pid",) + ENTER_ORDER:
+                fds[ns] = os.open(f"/proc/{init_pid}/ns/{sc.NS_PROC_NAME[ns]}", os.O_RDONLY | os.O_CLOEXEC)
+            root_fd = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SbxError(f"cannot open the sandbox's namespaces: {e.strerror}", where="exec") from None
+        # The pid could have been recycled between open_init and the opens: re-check after.
+        again = open_init(entry)
+        if again is None or select_ready(pfd):
+            raise SbxError(f"sandbox {entry.id[:12]} exited", where="exec")
+        os.close(again)
+        plan = launch.Plan(spec=spec, sandbox_id=entry.id, idmap=None)
+        sec = spec.security
+        if sec.seccomp != "unconfined":
+            from . import seccomp
+            plan.seccomp_bpf = seccomp.prepare(sec.seccomp, frozenset(sec.capabilities))
+        if sec.landlock != "off":
+            from . import landlock
+            lp = landlock.plan(spec)
+            plan.landlock_rules = None if lp is None else (lp.rules if hasattr(lp, "rules") else lp)
+        plan.mac = _mac_plan(spec, entry, entry.id)
+        launch._preload(plan)  # nothing may be imported after the chroot
+        from . import cgroups
+        cg = cgroups.open_existing(entry.id)
+        rootless = bool((entry.state.get("idmap") or {}).get("rootless", os.geteuid() != 0))
+        return _run(plan, entry, fds, root_fd, cg, argv, envd, workdir or spec.cwd, rootless, init_pid, stderr)
+    finally:
+        os.close(pfd)
+        for fd in fds.values():
+            os.close(fd)
+        if root_fd is not None:
+            os.close(root_fd)
+
+
+def select_ready(pfd: int) -> bool:
+    import select
+    r, _, _ = select.select([pfd], [], [], 0)
+    return bool(r)
+
+
+def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: list[str], env: dict[str, str],
+         cwd: str, rootless: bool, init_pid: int, stderr) -> int:
+    from . import events, launch
+    from .initproc import status_to_code
+
+    chan = launch._Chan()
+    try:
+        sc.setns(fds["pid"], sc.CLONE_NEWPID)  # our children are born in the sandbox's pid namespace
+    except OSError as e:
+        raise SbxError(f"cannot enter the sandbox's pid namespace: {e.strerror}", where="exec") from None
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child; never returns
+        _child(plan, chan, fds, root_fd, argv, env, cwd, rootless)
+    chan.parent_close()
+    buf = bytearray()
+    try:
+        try:
+            if cg is not None:
+                cg.attach(pid)
+            os.write(chan.ctl_w, b"1")
+            ready = launch._expect(chan, buf, "ready")["ready"]
+            _verify(plan.spec, entry, pid, init_pid, plan, cg)
+            events.emit("exec_start", entry.id, entry.name, argv=list(argv)[:32], landlock_abi=ready.get("landlock_abi"))
+            os.write(chan.ctl_w, b"G")
+            msg = launch._read_msg(chan.status_r, buf, time.monotonic() + launch.SETUP_TIMEOUT)
+            if msg is not None and "exec_error" in msg:
+                raise launch._ExecError(msg)
+            if msg is not None and "error" in msg:
+                raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED))
+            if plan.mac is not None:
+                from . import mac
+                from .verify import check_label
+                problem = check_label(pid, mac.expected_label(plan.mac))
+                if problem:
+                    raise VerifyError("exec verification failed after exec, killed: " + problem)
+        except launch._ExecError as e:
+            launch._print(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get('exec_error')}")
+            launch._reap(pid)
+            return int(e.msg.get("code", EXIT_NOT_EXECUTABLE))
+        except BaseException:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            launch._reap(pid)
+            raise
+        status = _wait_forwarding(pid)
+        code = status_to_code(status)
+        events.emit("exec_die", entry.id, entry.name, exit_code=code)
+        return code
+    finally:
+        launch._close(chan.ctl_w)
+        launch._close(chan.status_r)
+
+
+def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -> None:
+    from .verify import check
+    idmap = entry.state.get("idmap") or {}
+    f = facts.read(pid, host_pid=os.getpid())
+    v = check(spec, f, host_uid=_outside(idmap.get("uid_map"), spec.uid),
+              host_gid=_outside(idmap.get("gid_map"), spec.gid), seccomp_expected=plan.seccomp_bpf is not None,
+              cgroup=cg)
+    want = facts.read_ns(init_pid)
+    for ns in ("user", "mnt", "pid", "net", "uts", "ipc", "cgroup"):
+        v.need(f"same {ns} namespace as the sandbox", f.ns.get(ns) == want.get(ns) and ns in want,
+               f"{f.ns.get(ns)} != {want.get(ns)}")
+    if not v.ok:
+        raise VerifyError("exec verification failed, command killed before exec: " + "; ".join(v.problems))
+
+
+def _child(plan, chan, fds: dict[str, int], root_fd: int, argv: list[str], env: dict[str, str], cwd: str,
+           rootless: bool) -> None:
+    from . import caps, launch, rlimits
+    from .initproc import reset_for_exec
+
+    spec = plan.spec
+    stage = "exec setup"
+    try:
+        chan.child_close()
+        # Born in the sandbox's pid namespace, our parent (outside it) reads as pid 0.
+        launch._pdeathsig(0)
+        chan.wait_token(b"1")  # parent has put us in the sandbox's cgroup
+        for ns in ENTER_ORDER:
+            stage = f"setns {ns}"
+            sc.setns(fds[ns], sc.NS_FLAGS[ns])
+        stage = "chroot"
+        os.fchdir(root_fd)
+        os.chroot(".")
+        stage = "cwd"
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            raise SbxError(f"working directory {cwd} is not usable in the sandbox: {e.strerror}") from None
+        launch._pdeathsig(0)
+        stage = "rlimits"
+        rlimits.apply(spec.rlimits)
+        report: dict = {}
+        if plan.landlock_rules is not None:
+            stage = "landlock"
+            from . import landlock
+            report["landlock_abi"] = landlock.apply(plan.landlock_rules)
+        if plan.mac is not None:
+            stage = "mac"
+            from . import mac
+            mac.apply(plan.mac)
+        stage = "capabilities"
+        caps.drop(spec.security.capabilities, spec.uid, spec.gid, rootless=rootless)
+        if spec.security.no_new_privs:
+            stage = "no_new_privs"
+            caps.set_no_new_privs()
+        stage = "fds"
+        launch._close_range_cloexec(3)
+        stage = "exec lookup"
+        try:
+            exe = launch._resolve_exe(argv[0], env)
+        except FileNotFoundError:
+            chan.send({"exec_error": "not found", "code": EXIT_NOT_FOUND, "argv0": argv[0]})
+            os._exit(EXIT_NOT_FOUND)
+        reset_for_exec()
+        if plan.seccomp_bpf is not None:
+            stage = "seccomp"
+            from . import seccomp
+            seccomp.install(plan.seccomp_bpf)
+        chan.send({"ready": report})
+        chan.wait_token(b"G")
+        try:
+            os.execve(exe, list(argv), env)
+        except OSError as e:
+            code = EXIT_NOT_FOUND if e.errno == 2 else EXIT_NOT_EXECUTABLE
+            chan.send({"exec_error": e.strerror, "code": code, "argv0": argv[0]})
+            os._exit(code)
+    except BaseException as e:  # noqa: BLE001 - a child must never unwind into the CLI
+        launch._die(chan, e, stage)
+
+
+_FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _wait_forwarding(pid: int) -> int:
+    tty_fg = False
+    try:
+        tty_fg = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        pass
+
+    def forward(signo, _frame):
+        if tty_fg and signo in (signal.SIGINT, signal.SIGQUIT):
+            return  # the terminal already delivered it to the process group
+        try:
+            os.kill(pid, signo)
+        except ProcessLookupError:
+            pass
+
+    old = {s: signal.signal(s, forward) for s in _FORWARD}
+    try:
+        while True:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
