@@ -16,6 +16,9 @@ Landlock grants are a union: a path gets every right granted on it or on any
 parent. So a read-only bind *under* a read-write tree (-v x:/tmp/x:ro) is
 protected by its read-only mount flag, not by Landlock; Landlock's job here is
 the converse — denying what a writable mount would otherwise allow.
+
+Network rights (ABI 4, TCP bind/connect) are deliberately not handled here:
+the sandbox's network is decided by its network namespace (sandbox.net).
 """
 from __future__ import annotations
 

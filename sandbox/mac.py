@@ -215,7 +215,8 @@ def prepare(sec: Security, sandbox_id: str) -> MacPlan:
                                           f"not confined ({e.message})")
                         profile = None
                     if profile and profile not in loaded_apparmor_profiles():
-                        raise SbxError(f"AppArmor profile {profile!r} still not listed after loading it",
+                        raise SbxError(f"AppArmor profile {profile!r} still not listed after loading it "
+                                       f"(is securityfs mounted? mount -t securityfs securityfs {SECURITYFS})",
                                        where="apparmor")
                 plan.apparmor_profile = profile
     if sec.selinux != OFF:
