@@ -26,6 +26,8 @@ from .checks import SEVERITIES, SEVERITY_RANK
 @click.option("--color/--no-color", "colour", default=None, help="Colour the table (default: when a tty).")
 def audit_cmd(target, pid, runtime, fmt, fail_on, policy, colour):
     """Audit containers on this host (TARGET: container id, id prefix or name)."""
+    import gc
+    gc.disable()  # short-lived command over many small acyclic objects: see audit.scan.audit
     try:
         code = run(target, pid, runtime, fmt, fail_on, policy, colour)
     except SbxError as e:

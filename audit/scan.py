@@ -56,9 +56,18 @@ def audit_container(c: Container, host: HostInfo, cache: _Cache | None = None) -
 def audit(ref: str | None = None, pid: int | None = None, runtime: str | None = None,
           host: HostInfo | None = None) -> list[Result]:
     """Audit every container on the host (or those selected). Worst first."""
-    host = host or read_host()
-    found = select(discover(host.ns), ref=ref, pid=pid, runtime=runtime)
-    cache = _Cache()
-    results = [r for r in (audit_container(c, host, cache) for c in found) if r is not None]
+    import gc
+    # A scan allocates many small, acyclic objects: the cyclic GC only adds pauses that grow
+    # with the heap (superlinear on 1000 containers). Reference counting frees them anyway.
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        host = host or read_host()
+        found = select(discover(host.ns), ref=ref, pid=pid, runtime=runtime)
+        cache = _Cache()
+        results = [r for r in (audit_container(c, host, cache) for c in found) if r is not None]
+    finally:
+        if was:
+            gc.enable()
     results.sort(key=lambda r: (r.score, -len(r.findings), r.container.runtime, r.container.init_pid))
     return results
