@@ -45,6 +45,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -95,8 +96,14 @@ def _config(text: str) -> BridgeConfig:
     return BridgeConfig(net, next(net.hosts()))
 
 
+_VETH_RE = re.compile(VETH_PREFIX + "[0-9a-f]{11}")
+
+
 def veth_name(sandbox_id: str) -> str:
-    return VETH_PREFIX + sandbox_id[:11]
+    name = VETH_PREFIX + sandbox_id[:11].lower()
+    if not _VETH_RE.fullmatch(name):
+        raise SbxError(f"sandbox id '{escape(sandbox_id[:16])}' must start with 11 hex digits for bridge mode")
+    return name
 
 
 def mac_for(ip: ipaddress.IPv4Address) -> str:
@@ -173,15 +180,14 @@ def _read_allocs(d: str, cfg: BridgeConfig) -> dict[str, _Alloc]:
             with os.fdopen(fd, "rb") as f:
                 rec = json.loads(f.read(4096))
             a = _Alloc(**rec)
-            ip = ipaddress.IPv4Address(a.ip)
-            if a.ip != name or not a.veth.startswith(VETH_PREFIX) or len(a.veth) > 15:
+            # Both end up in nft's script text: only exactly what sbx writes is accepted.
+            if str(ipaddress.IPv4Address(a.ip)) != name or not _VETH_RE.fullmatch(a.veth):
                 raise ValueError("inconsistent record")
         except (OSError, ValueError, TypeError):
             _unlink(path)  # unreadable or forged: an allocation we cannot trust is no allocation
             continue
-        if ip not in cfg.subnet:
-            # Made under another SBX_BRIDGE_SUBNET: still holds the bridge while its owner lives.
-            pass
+        # An address outside cfg.subnet was made under another SBX_BRIDGE_SUBNET: it is kept (its
+        # sandbox still uses sbx0), and _ensure_bridge refuses the mismatch while it lives.
         out[a.ip] = a
     return out
 
