@@ -238,6 +238,7 @@ class PortProxy:
         if sock is r.backend and not r.connected:
             err = r.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
+                self.stats["tcp_refused"] += 1
                 self._tcp.pop(r.client.fileno(), None)
                 self._unregister(r.client)
                 self._reset(r.client)

@@ -513,3 +513,85 @@ def test_rootless_bridge_is_refused(tmp_path, bridge):
         shutil.rmtree(d, ignore_errors=True)
     assert p.returncode == 125, p.stderr
     assert p.stderr.count("\n") == 1 and "needs root" in p.stderr, p.stderr
+
+
+# ---------------------------------------------------------------- the port proxy on its own (real sockets, host loopback)
+
+def _echo_server() -> tuple[socket.socket, "threading.Thread"]:
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def serve(c):
+        with c:
+            while data := c.recv(65536):
+                c.sendall(data)
+            # client half-closed: answer after its EOF, which proves the proxy propagated it
+            c.sendall(b"<eof>")
+
+    def loop():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return srv, t
+
+
+def test_proxy_relays_bulk_data_both_ways_with_half_close():
+    import hashlib
+    import threading
+    from sandbox.portproxy import PortProxy
+    from sandbox.spec import Port
+    srv, _ = _echo_server()
+    port = _free_port()
+    proxy = PortProxy((Port("127.0.0.1", port, srv.getsockname()[1], "tcp"),), "127.0.0.1")
+    proxy.start()
+    results = {}
+
+    def client(i):
+        blob = os.urandom(3 * 1024 * 1024 + i)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+            sender = threading.Thread(target=lambda: (c.sendall(blob), c.shutdown(socket.SHUT_WR)))
+            sender.start()
+            got = bytearray()
+            while chunk := c.recv(65536):
+                got += chunk
+            sender.join()
+        results[i] = hashlib.sha256(bytes(got)).hexdigest() == hashlib.sha256(blob + b"<eof>").hexdigest()
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results == {0: True, 1: True, 2: True, 3: True}
+        assert proxy.stats["tcp_accepted"] == 4
+    finally:
+        proxy.stop()
+        srv.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # released
+
+
+def test_proxy_resets_the_client_when_nothing_listens_in_the_sandbox():
+    from sandbox.portproxy import PortProxy
+    from sandbox.spec import Port
+    closed = _free_port()  # bound once and closed: nothing listens there
+    port = _free_port()
+    proxy = PortProxy((Port("127.0.0.1", port, closed, "tcp"),), "127.0.0.1")
+    proxy.start()
+    try:
+        for _ in range(3):  # and keeps serving after each failure
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                try:
+                    assert c.recv(10) == b""
+                except ConnectionResetError:
+                    pass
+        assert proxy.stats["tcp_refused"] == 3
+    finally:
+        proxy.stop()
