@@ -118,9 +118,8 @@ def _signum(text: str) -> int:
             return n
     else:
         name = t if t.startswith("SIG") else "SIG" + t
-        sig = getattr(signal.Signals, name, None) if hasattr(signal.Signals, name) else None
-        if sig is not None:
-            return int(sig)
+        if name in signal.Signals.__members__:
+            return int(signal.Signals[name])
     raise SbxError(f"unknown signal {escape(text)!r}", where="kill -s")
 
 

@@ -87,9 +87,10 @@ def exec_in(entry: state.Entry, argv: list[str], *, env: list[str] = (), workdir
             raise SbxError(f"cannot open the sandbox's namespaces: {e.strerror}", where="exec") from None
         # The pid could have been recycled between open_init and the opens: re-check after.
         again = open_init(entry)
+        if again is not None:
+            os.close(again)
         if again is None or select_ready(pfd):
             raise SbxError(f"sandbox {entry.id[:12]} exited", where="exec")
-        os.close(again)
         plan = launch.Plan(spec=spec, sandbox_id=entry.id, idmap=None)
         sec = spec.security
         if sec.seccomp != "unconfined":

@@ -475,3 +475,13 @@ def test_log_writer_rotates_at_the_cap_and_keeps_streams(tmp_path):
     assert all(r is not None for r in recs)
     tail = [r for r in recs if r[1] == "stdout"][-3:]
     assert [r[2] for r in tail] == [False, False, True] and sum(len(r[3]) for r in tail) == 40000
+
+
+def test_logs_follow_prints_new_lines_and_ends_when_the_sandbox_exits(store):
+    sid = run_d(store, script="echo first; sleep 0.6; echo second >&2; sleep 0.3; echo third")
+    t0 = time.monotonic()
+    p = store("logs", "-f", "-t", sid, timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert time.monotonic() - t0 >= 0.5, "logs -f returned before the sandbox exited"
+    assert [line.split(" ", 1)[1] for line in p.stdout.splitlines()] == ["first", "third"]
+    assert p.stderr.split(" ", 1)[1] == "second\n" and p.stderr.startswith("20")
