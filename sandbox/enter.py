@@ -23,16 +23,10 @@ import time
 from . import facts, state, syscalls as sc
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, SbxError, VerifyError
 from .spec import Spec, spec_from_dict
+from .userns import outside
 
 # setns order: the user namespace first (it gives us the capabilities that own all the others).
 ENTER_ORDER = ("user", "mount", "net", "uts", "ipc", "cgroup")
-
-
-def _outside(idmap: list, inside: int) -> int | None:
-    for i, o, c in idmap or ():
-        if i <= inside < i + c:
-            return o + inside - i
-    return None
 
 
 def _mac_plan(spec: Spec, entry: state.Entry, sid: str):
@@ -140,7 +134,7 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
             if cg is not None:
                 cg.attach(pid)
             os.write(chan.ctl_w, b"1")
-            ready = launch._expect(chan, buf, "ready")["ready"]
+            ready = launch._expect(chan, buf, "ready", [])["ready"]
             _verify(plan.spec, entry, pid, init_pid, plan, cg)
             events.emit("exec_start", entry.id, entry.name, argv=list(argv)[:32], landlock_abi=ready.get("landlock_abi"))
             os.write(chan.ctl_w, b"G")
@@ -179,8 +173,8 @@ def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -
     from .verify import check
     idmap = entry.state.get("idmap") or {}
     f = facts.read(pid, host_pid=os.getpid())
-    v = check(spec, f, host_uid=_outside(idmap.get("uid_map"), spec.uid),
-              host_gid=_outside(idmap.get("gid_map"), spec.gid), seccomp_expected=plan.seccomp_bpf is not None,
+    v = check(spec, f, host_uid=outside(idmap.get("uid_map"), spec.uid),
+              host_gid=outside(idmap.get("gid_map"), spec.gid), seccomp_expected=plan.seccomp_bpf is not None,
               cgroup=cg)
     want = facts.read_ns(init_pid)
     for ns in ("user", "mnt", "pid", "net", "uts", "ipc", "cgroup"):

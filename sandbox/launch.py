@@ -170,6 +170,9 @@ def _init_child(plan: Plan, chan: _Chan, sources, parent: int) -> None:
         # The workload can read pid 1's cmdline: show a name, not the host's sbx command line.
         prctl.set_name("sbx-init")
         prctl.set_proctitle("sbx-init")
+        # The sandbox's files and the workload get docker's umask, not whatever the caller had
+        # (a 077 caller would leave the new root untraversable for the workload's uid).
+        os.umask(0o022)
         stage = "hostname"
         sc.sethostname(spec.hostname)
         stage = "mounts"
@@ -384,17 +387,30 @@ def _read_msg(fd: int, buf: bytearray, deadline: float | None) -> dict | None:
         return {"error": "garbled message from the sandbox", "code": EXIT_REFUSED}
 
 
-def _expect(chan: _Chan, buf: bytearray, key: str) -> dict:
-    msg = _read_msg(chan.status_r, buf, time.monotonic() + SETUP_TIMEOUT)
-    if msg is None:
-        raise SbxError(f"sandbox setup died before '{key}'")
-    if "error" in msg:
-        raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED), where=msg.get("where"))
-    if "exec_error" in msg:
-        raise _ExecError(msg)
-    if key not in msg:
-        raise SbxError(f"sandbox setup out of order: expected '{key}', got {sorted(msg)}")
-    return msg
+def _expect(chan: _Chan, buf: bytearray, key: str, early: list[dict]) -> dict:
+    """The next message carrying `key`.
+
+    Setup and the workload write to the same pipe from different processes, so
+    the workload's "ready" can overtake setup's "init" (setup reports the init
+    pid only after forking it). Such an early message is kept in `early` for
+    the later _expect that wants it; errors are raised at once.
+    """
+    for i, m in enumerate(early):
+        if key in m:
+            return early.pop(i)
+    while True:
+        msg = _read_msg(chan.status_r, buf, time.monotonic() + SETUP_TIMEOUT)
+        if msg is None:
+            raise SbxError(f"sandbox setup died before '{key}'")
+        if "error" in msg:
+            raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED), where=msg.get("where"))
+        if "exec_error" in msg:
+            raise _ExecError(msg)
+        if key in msg:
+            return msg
+        if not any(k in msg for k in ("stage", "init", "ready")):
+            raise SbxError(f"sandbox setup sent an unknown message {sorted(msg)}")
+        early.append(msg)
 
 
 class _ExecError(Exception):
@@ -426,6 +442,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         _setup_child(plan, chan, parent)
     chan.parent_close()
     buf = bytearray()
+    early: list[dict] = []
     init_pid = workload_pid = None
     timed_out = False
     try:
@@ -433,14 +450,15 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             if plan.cgroup is not None:
                 plan.cgroup.attach(pid)
             os.write(chan.ctl_w, b"1")
-            _expect(chan, buf, "stage")
+            _expect(chan, buf, "stage", early)
             from . import userns
             userns.write_maps(pid, plan.idmap)
             if plan.net is not None:
                 plan.net.attach(pid)  # veth into the new net namespace, before anything runs there
+                record["network"] = plan.net.describe()
             os.write(chan.ctl_w, b"2")
-            init_pid = _expect(chan, buf, "init")["init"]
-            ready = _expect(chan, buf, "ready")["ready"]
+            init_pid = _expect(chan, buf, "init", early)["init"]
+            ready = _expect(chan, buf, "ready", early)["ready"]
             record["landlock_abi"] = ready.get("landlock_abi")
             kids = facts.read_children(init_pid)
             if len(kids) != 1:
@@ -479,7 +497,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             raise
         record["startup_ms"] = round((time.monotonic() - t0) * 1000, 2)
         if on_started is not None:
-            on_started(sid, pid, init_pid, workload_pid)
+            on_started(sid, pid, init_pid, workload_pid, record=record)
         status, timed_out = _wait(pid, init_pid, spec.timeout, plan)
         from .initproc import status_to_code
         code = EXIT_TIMEOUT if timed_out else status_to_code(status)

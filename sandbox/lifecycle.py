@@ -287,9 +287,6 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
     started = {}
 
     def on_started(_sid, setup_pid, init_pid, workload_pid, record=None):
-        if record is None:
-            # launch.run does not hand us its record yet; it is the `record` local of our caller.
-            record = sys._getframe(1).f_locals.get("record")
         record = record if isinstance(record, dict) else {}
         started["t"] = time.time()
         state.update(sid, status=state.RUNNING, pid=workload_pid, init_pid=init_pid,
@@ -305,7 +302,7 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
     error = None
     oom = timed_out = False
     try:
-        result = _launch_retrying(launch, spec, sid, on_started, started)
+        result = launch.run(spec, sandbox_id=sid, on_started=on_started)
         code, oom, timed_out = result.exit_code, result.oom_killed, result.timed_out
     except SbxError as e:
         code, error = e.code, e.line()
@@ -348,25 +345,6 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
             events.emit("destroy", sid, spec.name)
     os.close(lock_fd)
     return 0
-
-
-def _launch_retrying(launch, spec: Spec, sid: str, on_started, started: dict):
-    """launch.run, retried (bounded) on one known transient refusal before anything ran.
-
-    cgroups.reap_stale() in a concurrent sbx sweeps lock files with a
-    non-blocking try-lock; if it holds our fresh lock file for that instant,
-    cgroups.create refuses with "already has a cgroup being set up". Our id is
-    fresh random hex, so that refusal can only be this race (seen with 50
-    concurrent `run -d`); anything else is re-raised at once.
-    """
-    for attempt in range(5):
-        try:
-            return launch.run(spec, sandbox_id=sid, on_started=on_started)
-        except SbxError as e:
-            if "t" in started or attempt == 4 or "already has a cgroup being set up" not in e.message:
-                raise
-            time.sleep(0.02 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- signals to a running sandbox

@@ -581,7 +581,8 @@ def _security_opts(sec: Security, opts, profile_name: str) -> Security:
             if val == "disable":
                 sec = replace(sec, selinux="off")
                 continue
-            for part in val.split(","):
+            # A level holds commas itself (s0:c1,c2): split only before the next "key:".
+            for part in re.split(r",(?=(?:type|level|user|role):)", val):
                 lk, _, lv = part.partition(":")
                 if not re.match(r"^[A-Za-z0-9_.:,-]+$", lv or "-"):
                     raise _flag_error("--security-opt", f"bad SELinux label part '{part}'")

@@ -37,10 +37,10 @@ class IdPlan:
     lock_fd: int | None = field(default=None, repr=False)
 
     def host_uid(self, inside: int) -> int | None:
-        return _outside(self.uid_map, inside)
+        return outside(self.uid_map, inside)
 
     def host_gid(self, inside: int) -> int | None:
-        return _outside(self.gid_map, inside)
+        return outside(self.gid_map, inside)
 
     def release(self) -> None:
         if self.lock_fd is not None:
@@ -53,8 +53,9 @@ class IdPlan:
         return {"uid_map": self.uid_map, "gid_map": self.gid_map, "rootless": self.rootless, "slot": self.slot}
 
 
-def _outside(idmap: list[tuple[int, int, int]], inside: int) -> int | None:
-    for i, o, c in idmap:
+def outside(idmap, inside: int) -> int | None:
+    """Host id for `inside` under an id map given as (inside, outside, count) rows."""
+    for i, o, c in idmap or ():
         if i <= inside < i + c:
             return o + inside - i
     return None

@@ -10,6 +10,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import re
 import pwd
 import select
 import signal
@@ -207,9 +208,13 @@ def leftovers() -> dict:
     adir = os.path.join(netbridge.net_dir(), "alloc")
     out["allocations"] = sorted(os.listdir(adir)) if os.path.isdir(adir) else []
     out["nft_table"] = _nft_table() is not None or _nft_table("bridge") is not None
-    out["named_netns"] = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    # podman/netavark (the audit zoo runs in the same session) name theirs netns-<uuid>; sbx names none.
+    foreign = re.compile(r"netns-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    named = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    out["named_netns"] = [n for n in named if not foreign.match(n)]
     with open("/proc/self/mountinfo") as f:
-        out["nsfs_mounts"] = [ln for ln in f if " - nsfs " in ln]
+        out["nsfs_mounts"] = [ln for ln in f if " - nsfs " in ln
+                              and not foreign.search(ln.split(" - ")[0].split()[4])]
     out["port_proxies"] = []  # proxies live in sbx processes: their sockets die with them (checked via bind)
     return out
 

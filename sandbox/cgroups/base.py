@@ -242,15 +242,33 @@ def lock_path(sandbox_id: str) -> str:
     return os.path.join(lock_dir(), sandbox_id + ".lock")
 
 
-def take_lock(sandbox_id: str, record: dict) -> int:
-    """Create and flock the sandbox's lock file; O_CLOEXEC so the workload's exec drops it."""
+def take_lock(sandbox_id: str, record: dict, timeout: float = 2.0) -> int:
+    """Create and flock the sandbox's lock file; O_CLOEXEC so the workload's exec drops it.
+
+    A concurrent reap (_sweep_locks) may hold a brand-new lock file for an
+    instant, or unlink it between our open and our flock. So: wait briefly for
+    the lock, then make sure the file we locked is still the one at the path.
+    """
     p = lock_path(sandbox_id)
-    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise SbxError(f"sandbox id {sandbox_id} already has a cgroup being set up", where="cgroups") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise SbxError(f"sandbox id {sandbox_id} already has a cgroup being set up",
+                               where="cgroups") from None
+            time.sleep(0.005)
+            continue
+        try:
+            same = os.fstat(fd).st_ino == os.stat(p, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the sweeper unlinked what we locked: start over with a fresh file
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(record).encode())
     return fd
