@@ -117,6 +117,8 @@ def _setup_child(plan: Plan, chan: _Chan, parent: int) -> None:
 
     stage = "setup"
     try:
+        for sig in _FORWARD:
+            signal.signal(sig, signal.SIG_DFL)  # not sbx's forwarding handlers
         chan.child_close()
         _pdeathsig(parent)
         chan.wait_token(b"1")  # parent has put us in the cgroup
@@ -433,9 +435,11 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         record["cgroup"] = plan.cgroup.describe()
     chan = _Chan()
     parent = os.getpid()
+    fwd = _Forwarder()
     try:
         pid = os.fork()
     except OSError as e:
+        fwd.restore()
         release(plan)
         raise SbxError(f"fork failed: {e.strerror}") from None
     if pid == 0:
@@ -458,6 +462,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
                 record["network"] = plan.net.describe()
             os.write(chan.ctl_w, b"2")
             init_pid = _expect(chan, buf, "init", early)["init"]
+            fwd.arm(init_pid)
             ready = _expect(chan, buf, "ready", early)["ready"]
             record["landlock_abi"] = ready.get("landlock_abi")
             kids = facts.read_children(init_pid)
@@ -498,7 +503,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         record["startup_ms"] = round((time.monotonic() - t0) * 1000, 2)
         if on_started is not None:
             on_started(sid, pid, init_pid, workload_pid, record=record)
-        status, timed_out = _wait(pid, init_pid, spec.timeout, plan)
+        status, timed_out = _wait(pid, spec.timeout, plan)
         from .initproc import status_to_code
         code = EXIT_TIMEOUT if timed_out else status_to_code(status)
         oom = False
@@ -516,6 +521,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         record.update(exit_code=code, finished=time.time(), timed_out=timed_out, oom_killed=oom)
         return Result(code, sid, record, oom_killed=oom, timed_out=timed_out)
     finally:
+        fwd.restore()
         _close(chan.ctl_w)
         _close(chan.status_r)
         release(plan)
@@ -559,42 +565,67 @@ _FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal
             signal.SIGWINCH)
 
 
-def _wait(pid: int, init_pid: int, timeout: float | None, plan: Plan) -> tuple[int, bool]:
-    """Wait for the sandbox; forward signals to its init; enforce --timeout. Returns (status, timed_out)."""
-    import threading
+class _Forwarder:
+    """Signals to sbx go to the sandbox's init (which forwards them to the workload).
 
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        tty_fg = False
+    Installed before the first fork, so a SIGTERM that arrives while the
+    sandbox is starting is not lost (nor kills sbx and, through the
+    parent-death signal, the sandbox): it is held until init exists.
+    Only in the main thread (the API may run sandboxes from worker threads).
+    """
+
+    def __init__(self) -> None:
+        import threading
+        self._owner = os.getpid()
+        self.target: int | None = None
+        self.pending: list[int] = []
+        self.old: dict = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
         try:
-            tty_fg = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+            # A terminal's ^C/^\ already reached the workload (same process group); don't double it.
+            self.tty_fg = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
         except OSError:
+            self.tty_fg = False
+        for sig in _FORWARD:
+            self.old[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signo, _frame) -> None:
+        if os.getpid() != self._owner:
+            return  # a forked sandbox process before it reset its handlers
+        if self.tty_fg and signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH):
+            return
+        if self.target is None:
+            self.pending.append(signo)
+            return
+        try:
+            os.kill(self.target, signo)
+        except ProcessLookupError:
             pass
 
-        def forward(signo, _frame):
-            # A terminal's ^C/^\ already reached the workload (same process group); don't double it.
-            if tty_fg and signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH):
-                return
-            try:
-                os.kill(init_pid, signo)
-            except ProcessLookupError:
-                pass
-        for s in _FORWARD:
-            old[s] = signal.signal(s, forward)
+    def arm(self, init_pid: int) -> None:
+        self.target = init_pid
+        while self.pending:
+            self._on_signal(self.pending.pop(0), None)
+
+    def restore(self) -> None:
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+        self.old = {}
+
+
+def _wait(pid: int, timeout: float | None, plan: Plan) -> tuple[int, bool]:
+    """Wait for the sandbox and enforce --timeout. Returns (status, timed_out)."""
+    pidfd = os.pidfd_open(pid)
     try:
-        pidfd = os.pidfd_open(pid)
-        try:
-            deadline = time.monotonic() + timeout if timeout else None
-            while True:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                r, _, _ = select.select([pidfd], [], [], left)
-                if r:
-                    return _reap(pid), False
-                if deadline is not None and time.monotonic() >= deadline:
-                    _kill_tree(pid, plan)
-                    return _reap(pid), True
-        finally:
-            os.close(pidfd)
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            r, _, _ = select.select([pidfd], [], [], left)
+            if r:
+                return _reap(pid), False
+            if deadline is not None and time.monotonic() >= deadline:
+                _kill_tree(pid, plan)
+                return _reap(pid), True
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        os.close(pidfd)
