@@ -164,7 +164,8 @@ for m in @MODULES@; do
   [ -f /lib/sbxmod/$m.ko ] && { insmod /lib/sbxmod/$m.ko 2>/dev/null || say "insmod $m failed"; }
 done
 lsm=none
-for w in $(cat /proc/cmdline); do case "$w" in sbx.lsm=*) lsm=${w#sbx.lsm=};; esac; done
+keep=
+for w in $(cat /proc/cmdline); do case "$w" in sbx.lsm=*) lsm=${w#sbx.lsm=};; sbx.keep=*) keep=${w#sbx.keep=};; esac; done
 mkdir -p /lower /upper /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose @ROOT_TAG@ /lower || die "9p host root"
 # tmpfs upper: the guest may write anywhere (pytest caches in the repo) without touching the host.
@@ -180,8 +181,15 @@ mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || die "cgroup2"
 if [ "$lsm" = selinux ]; then
   mount -t selinuxfs selinuxfs /newroot/sys/fs/selinux || say "selinuxfs not mounted"
 fi
+# The repo may itself live under /tmp or /run (a CI clone): keep it visible over the fresh tmpfs.
+if [ -n "$keep" ] && [ -d "/newroot$keep" ]; then
+  mkdir -p /hold && mount --bind "/newroot$keep" /hold || die "hold $keep"
+fi
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
+if [ -n "$keep" ] && [ -d /hold ]; then
+  mkdir -p "/newroot$keep" && mount --move /hold "/newroot$keep" || die "keep $keep"
+fi
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/dev/shm

@@ -80,6 +80,9 @@ def _script(argv: list[str], env: dict[str, str] | None, cwd: Path) -> str:
 
 def qemu_argv(art: build.Artifacts, io_dir: Path, lsm: str, memory_mb: int, cpus: int) -> list[str]:
     append = f"console=ttyS0 quiet loglevel=3 panic=-1 cgroup_no_v1=all sbx.lsm={lsm} {LSM_ARGS[lsm]}"
+    repo = str(REPO)
+    if repo.startswith(("/tmp/", "/run/")) and " " not in repo:
+        append += f" sbx.keep={repo}"  # the guest's /tmp and /run are fresh: stage 1 keeps the repo
     return [
         QEMU, "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
         # -nodefaults: no NIC (the guest needs no network), no VGA, no floppy/cdrom.
