@@ -13,9 +13,6 @@ SELinux: setexeccon). The switch happens at exec, so verification reads
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 
 from .errors import SbxError
@@ -155,6 +152,8 @@ def selinux_module_path() -> str:
 
 def load_apparmor_default() -> None:
     """Load (or replace) policies/apparmor/sbx-default into the kernel with apparmor_parser."""
+    import shutil
+    import subprocess
     parser = shutil.which("apparmor_parser") or "/sbin/apparmor_parser"
     if not os.path.exists(parser):
         raise SbxError("apparmor_parser not found; install the apparmor package to load sbx-default",
@@ -168,8 +167,9 @@ def load_apparmor_default() -> None:
                        f"(fix: sudo apparmor_parser -r -W {path})", where="apparmor")
 
 
-def mcs_level(rng: secrets.SystemRandom | None = None) -> str:
+def mcs_level(rng=None) -> str:
     """s0 with two distinct random categories, as container runtimes do for per-sandbox separation."""
+    import secrets  # lazily: only SELinux hosts pay for it
     rng = rng or secrets.SystemRandom()
     a, b = sorted(rng.sample(range(MCS_CATEGORIES), 2))
     return f"s0:c{a},c{b}"

@@ -514,10 +514,12 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
 
 
 def _profile_digest(docs: list[Doc]) -> str:
-    import hashlib
-    h = hashlib.sha256()
+    """Digest of the profile chain's content (not just its paths), for the run record."""
+    import json
+    from .digest import sha256
+    h = sha256()
     for d in docs:
-        h.update(d.path.encode() + b"\0")
+        h.update(d.path.encode() + b"\0" + json.dumps(d.data, sort_keys=True, default=str).encode() + b"\0")
     return h.hexdigest()[:16]
 
 

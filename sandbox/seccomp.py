@@ -11,7 +11,7 @@ one small buffer.
 from __future__ import annotations
 
 import ctypes
-import hashlib
+from .digest import sha256
 import os
 import stat
 import sys
@@ -117,8 +117,8 @@ def _compiler_fact() -> bytes:
 
 def cache_key(data: bytes, caps: frozenset[str]) -> str:
     u = os.uname()
-    h = hashlib.sha256()
-    for part in (COMPILER_EPOCH, _compiler_fact(), hashlib.sha256(data).digest(), ",".join(sorted(caps)).encode(),
+    h = sha256()
+    for part in (COMPILER_EPOCH, _compiler_fact(), sha256(data).digest(), ",".join(sorted(caps)).encode(),
                  u.machine.encode(), u.release.encode(), _libseccomp_fact()):
         h.update(len(part).to_bytes(4, "little") + part)
     return h.hexdigest()
@@ -149,7 +149,7 @@ def _cache_get(key: str) -> bytes | None:
     if len(blob) <= head or not blob.startswith(CACHE_MAGIC):
         return None
     bpf = blob[head:]
-    if hashlib.sha256(bpf).digest() != blob[len(CACHE_MAGIC):head] or len(bpf) % 8:
+    if sha256(bpf).digest() != blob[len(CACHE_MAGIC):head] or len(bpf) % 8:
         return None
     return bpf
 
@@ -159,7 +159,7 @@ def _cache_put(key: str, bpf: bytes) -> None:
     try:
         ensure_private_dir(cache_dir())
         ensure_private_dir(os.path.join(cache_dir(), "seccomp"))
-        atomic_write(_cache_path(key), CACHE_MAGIC + hashlib.sha256(bpf).digest() + bpf, mode=0o600)
+        atomic_write(_cache_path(key), CACHE_MAGIC + sha256(bpf).digest() + bpf, mode=0o600)
     except (OSError, SbxError):
         pass  # the cache only saves time; an unusable cache dir just means compiling every run
 

@@ -5,7 +5,7 @@ Nothing downstream re-reads a profile or a flag.
 """
 from __future__ import annotations
 
-import hashlib
+from .digest import sha256
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -120,7 +120,7 @@ class Spec:
 
     def digest(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return sha256(blob).hexdigest()
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)

@@ -8,7 +8,7 @@ successful resolutions are cached: errors are always recomputed.
 """
 from __future__ import annotations
 
-import hashlib
+from .digest import sha256
 import json
 import os
 
@@ -27,7 +27,7 @@ def _key(profile: str, flags: dict) -> str:
     bare_env = {e: os.environ.get(e) for e in (flags.get("env") or ()) if "=" not in e}
     blob = json.dumps([VERSION, profile, os.getcwd(), sorted((k, repr(v)) for k, v in flags.items()), bare_env,
                        os.geteuid()], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return sha256(blob.encode()).hexdigest()
 
 
 def _dir() -> str:

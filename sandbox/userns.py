@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import random
 from dataclasses import dataclass, field
 
 from . import paths
@@ -84,7 +83,7 @@ def pool() -> tuple[int, int]:
 
 def _claim_slot(nslots: int) -> tuple[int, int]:
     d = paths.ensure_private_dir(os.path.join(paths.ensure_private_dir(paths.state_dir()), "idslots"))
-    start = random.randrange(nslots)
+    start = int.from_bytes(os.urandom(4), "little") % nslots  # spread concurrent claimers
     for k in range(nslots):
         slot = (start + k) % nslots
         fd = os.open(os.path.join(d, f"{slot}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
