@@ -21,7 +21,7 @@ import signal
 import time
 
 from . import facts, state, syscalls as sc
-from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, SbxError, VerifyError
+from .errors import EXIT_NOT_EXECUTABLE, EXIT_REFUSED, SbxError, VerifyError
 from .spec import Spec, spec_from_dict
 from .userns import outside
 
@@ -146,7 +146,7 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
             if plan.mac is not None:
                 from . import mac
                 from .verify import check_label
-                problem = check_label(pid, mac.expected_label(plan.mac))
+                _, problem = check_label(pid, mac.expected_label(plan.mac))
                 if problem:
                     raise VerifyError("exec verification failed after exec, killed: " + problem)
         except launch._ExecError as e:
@@ -160,7 +160,12 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
                 pass
             launch._reap(pid)
             raise
-        status = _wait_forwarding(pid)
+        fwd = launch._Forwarder()  # signals to `sbx exec` go to the exec'd command
+        fwd.arm(pid)
+        try:
+            status = launch._reap(pid)
+        finally:
+            fwd.restore()
         code = status_to_code(status)
         events.emit("exec_die", entry.id, entry.name, exit_code=code)
         return code
@@ -186,10 +191,8 @@ def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -
 
 def _child(plan, chan, fds: dict[str, int], root_fd: int, argv: list[str], env: dict[str, str], cwd: str,
            rootless: bool) -> None:
-    from . import caps, launch, rlimits
-    from .initproc import reset_for_exec
+    from . import launch
 
-    spec = plan.spec
     stage = "exec setup"
     try:
         chan.child_close()
@@ -202,80 +205,9 @@ def _child(plan, chan, fds: dict[str, int], root_fd: int, argv: list[str], env: 
         stage = "chroot"
         os.fchdir(root_fd)
         os.chroot(".")
-        stage = "cwd"
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise SbxError(f"working directory {cwd} is not usable in the sandbox: {e.strerror}") from None
         launch._pdeathsig(0)
-        stage = "rlimits"
-        rlimits.apply(spec.rlimits)
-        report: dict = {}
-        if plan.landlock_rules is not None:
-            stage = "landlock"
-            from . import landlock
-            report["landlock_abi"] = landlock.apply(plan.landlock_rules)
-        if plan.mac is not None:
-            stage = "mac"
-            from . import mac
-            mac.apply(plan.mac)
-        stage = "capabilities"
-        caps.drop(spec.security.capabilities, spec.uid, spec.gid, rootless=rootless)
-        if spec.security.no_new_privs:
-            stage = "no_new_privs"
-            caps.set_no_new_privs()
-        stage = "fds"
-        launch._close_range_cloexec(3)
-        stage = "exec lookup"
-        try:
-            exe = launch._resolve_exe(argv[0], env)
-        except FileNotFoundError:
-            chan.send({"exec_error": "not found", "code": EXIT_NOT_FOUND, "argv0": argv[0]})
-            os._exit(EXIT_NOT_FOUND)
-        reset_for_exec()
-        if plan.seccomp_bpf is not None:
-            stage = "seccomp"
-            from . import seccomp
-            seccomp.install(plan.seccomp_bpf)
-        chan.send({"ready": report})
-        chan.wait_token(b"G")
-        try:
-            os.execve(exe, list(argv), env)
-        except OSError as e:
-            code = EXIT_NOT_FOUND if e.errno == 2 else EXIT_NOT_EXECUTABLE
-            chan.send({"exec_error": e.strerror, "code": code, "argv0": argv[0]})
-            os._exit(code)
+        launch.confine_and_exec(plan, chan, argv, env, cwd, rootless=rootless)
     except BaseException as e:  # noqa: BLE001 - a child must never unwind into the CLI
         launch._die(chan, e, stage)
 
 
-_FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-
-
-def _wait_forwarding(pid: int) -> int:
-    tty_fg = False
-    try:
-        tty_fg = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
-    except OSError:
-        pass
-
-    def forward(signo, _frame):
-        if tty_fg and signo in (signal.SIGINT, signal.SIGQUIT):
-            return  # the terminal already delivered it to the process group
-        try:
-            os.kill(pid, signo)
-        except ProcessLookupError:
-            pass
-
-    old = {s: signal.signal(s, forward) for s in _FORWARD}
-    try:
-        while True:
-            try:
-                return os.waitpid(pid, 0)[1]
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                return 0
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)

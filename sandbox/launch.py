@@ -207,19 +207,30 @@ def _resolve_exe(argv0: str, env: dict[str, str]) -> str:
 
 
 def _workload(plan: Plan, chan: _Chan) -> None:
-    """The workload process: the last stages, then parked until verified, then execve. Never returns."""
+    """The workload process. Never returns."""
+    spec = plan.spec
+    confine_and_exec(plan, chan, list(spec.argv), spec.env_dict(), spec.cwd, rootless=plan.idmap.rootless)
+
+
+def confine_and_exec(plan: Plan, chan: _Chan, argv: list[str], env: dict[str, str], cwd: str, *,
+                     rootless: bool) -> None:
+    """The last stages, in order, then parked until the parent verified us, then execve. Never returns.
+
+    Shared by the workload and `sbx exec` (sandbox.enter), so an exec'd command can never be
+    confined differently from the workload: rlimits -> Landlock -> MAC label -> caps/uid ->
+    no_new_privs -> fds -> seccomp (last, just before exec).
+    """
     from . import caps, rlimits
     from .initproc import reset_for_exec
 
     spec = plan.spec
-    stage = "workload"
+    stage = "cwd"
     report: dict = {}
     try:
-        stage = "cwd"
         try:
-            os.chdir(spec.cwd)
+            os.chdir(cwd)
         except OSError as e:
-            raise SbxError(f"working directory {spec.cwd} is not usable in the sandbox: {e.strerror}") from None
+            raise SbxError(f"working directory {cwd} is not usable in the sandbox: {e.strerror}") from None
         stage = "rlimits"
         rlimits.apply(spec.rlimits)
         if plan.landlock_rules is not None:
@@ -231,19 +242,18 @@ def _workload(plan: Plan, chan: _Chan) -> None:
             from . import mac
             mac.apply(plan.mac)
         stage = "capabilities"
-        caps.drop(spec.security.capabilities, spec.uid, spec.gid, rootless=plan.idmap.rootless)
+        caps.drop(spec.security.capabilities, spec.uid, spec.gid, rootless=rootless)
         if spec.security.no_new_privs:
             stage = "no_new_privs"
             caps.set_no_new_privs()
         stage = "fds"
         # Nothing of the host leaks in: every inherited fd but 0-2 closes at exec.
         _close_range_cloexec(3)
-        env = spec.env_dict()
         stage = "exec lookup"
         try:
-            exe = _resolve_exe(spec.argv[0], env)
+            exe = _resolve_exe(argv[0], env)
         except FileNotFoundError:
-            chan.send({"exec_error": "not found", "code": EXIT_NOT_FOUND, "argv0": spec.argv[0]})
+            chan.send({"exec_error": "not found", "code": EXIT_NOT_FOUND, "argv0": argv[0]})
             os._exit(EXIT_NOT_FOUND)
         reset_for_exec()
         if plan.seccomp_bpf is not None:
@@ -253,10 +263,10 @@ def _workload(plan: Plan, chan: _Chan) -> None:
         chan.send({"ready": report})
         chan.wait_token(b"G")
         try:
-            os.execve(exe, list(spec.argv), env)
+            os.execve(exe, list(argv), env)
         except OSError as e:
             code = EXIT_NOT_FOUND if e.errno == 2 else EXIT_NOT_EXECUTABLE
-            chan.send({"exec_error": e.strerror, "code": code, "argv0": spec.argv[0]})
+            chan.send({"exec_error": e.strerror, "code": code, "argv0": argv[0]})
             os._exit(code)
     except BaseException as e:  # noqa: BLE001
         _die(chan, e, stage)
