@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from tests.forked import in_child
+
 from sandbox import cgroups, facts
 from sandbox.cgroups import base
 from sandbox.errors import SbxError
@@ -112,27 +114,6 @@ def limit_file(cg, controller: str, v1_name: str, v2_name: str) -> str:
 def read(path: str) -> str:
     with open(path) as f:
         return f.read().strip()
-
-
-def in_child(fn) -> dict:
-    """Run fn() in a forked process, return the JSON-able dict it returned (or its error)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = fn()
-        except BaseException as e:  # noqa: BLE001
-            out = {"exception": f"{type(e).__name__}: {e}"}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 # ---------------------------------------------------------------- detection and plumbing

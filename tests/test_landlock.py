@@ -12,9 +12,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 
 import pytest
+
+from tests.forked import in_child
 
 from sandbox import landlock
 from sandbox.errors import SbxError
@@ -23,29 +24,6 @@ from sandbox.spec import Bind, Filesystem, Security, Spec
 
 ABI = landlock.abi_version()
 needs_landlock = pytest.mark.skipif(ABI == 0, reason="kernel lacks Landlock (CONFIG_SECURITY_LANDLOCK / lsm=)")
-
-
-def in_child(fn) -> dict:
-    """Run fn() in a forked child (so the Landlock domain dies with it); return its JSON result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = fn()
-        except SbxError as e:
-            out = {"sbx_error": e.message}
-        except BaseException as e:  # noqa: BLE001 - reported to the parent, never raised in the fork
-            out = {"exception": repr(e)}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 def _errno_of(fn) -> int:

@@ -18,6 +18,8 @@ import tempfile
 
 import pytest
 
+from tests.forked import in_child
+
 from sandbox import mac
 from sandbox.errors import SbxError
 from sandbox.spec import Security
@@ -27,29 +29,6 @@ AA_SRC = os.path.join(ROOT, "policies", "apparmor", "sbx-default")
 CIL_SRC = os.path.join(ROOT, "policies", "selinux", "sbx.cil")
 AA_ON = mac.apparmor_enabled()
 SE_ON = mac.selinux_enabled()
-
-
-def in_child(fn) -> dict:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            fn()
-            out = {"ok": True}
-        except SbxError as e:
-            out = {"sbx_error": e.message, "code": e.code, "where": e.where}
-        except BaseException as e:  # noqa: BLE001 - reported, never raised in the fork
-            out = {"exception": repr(e)}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 # ---------------------------------------------------------------- host state
