@@ -147,28 +147,19 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
 def _resources(policy: Policy, s: Subject, spec) -> list[Finding]:
     from sandbox.profiles import parse_size
     out = []
-    mem = policy.get("resources.memory") or {}
-    if mem:
-        mx = parse_size(mem["max"]) if mem.get("max") is not None else None
-        if s.memory_limit is None:
-            if mem.get("required"):
-                out.append(_f("SBX-P050", "no memory limit"))
-        elif mx is not None and s.memory_limit > mx:
-            out.append(_f("SBX-P050", f"memory limit {s.memory_limit} is above {mx}", limit=s.memory_limit))
-    pids = policy.get("resources.pids") or {}
-    if pids:
-        if s.pids_limit is None:
-            if pids.get("required"):
-                out.append(_f("SBX-P051", "no pids limit"))
-        elif pids.get("max") is not None and s.pids_limit > pids["max"]:
-            out.append(_f("SBX-P051", f"pids limit {s.pids_limit} is above {pids['max']}", limit=s.pids_limit))
-    cpu = policy.get("resources.cpu") or {}
-    if cpu:
-        if s.cpu_limit is None:
-            if cpu.get("required"):
-                out.append(_f("SBX-P052", "no cpu limit"))
-        elif cpu.get("max") is not None and s.cpu_limit > cpu["max"]:
-            out.append(_f("SBX-P052", f"cpu limit {s.cpu_limit:g} is above {cpu['max']}", limit=s.cpu_limit))
+    # (policy key, rule, what the Subject measured, how the policy writes its maximum, how to show it)
+    for key, rule, have, parse, show in (
+            ("memory", "SBX-P050", s.memory_limit, parse_size, str),
+            ("pids", "SBX-P051", s.pids_limit, int, str),
+            ("cpu", "SBX-P052", s.cpu_limit, float, lambda v: f"{v:g}")):
+        want = policy.get(f"resources.{key}") or {}
+        if not want:
+            continue
+        if have is None:
+            if want.get("required"):
+                out.append(_f(rule, f"no {key} limit"))
+        elif want.get("max") is not None and have > parse(want["max"]):
+            out.append(_f(rule, f"{key} limit {show(have)} is above {want['max']}", limit=have))
     ceilings = policy.get("resources.rlimits") or {}
     if ceilings and spec is not None:
         have = {r.name: r for r in spec.rlimits}
