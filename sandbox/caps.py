@@ -6,7 +6,6 @@ id switch would take away); keep-caps carries the kept set across setresuid.
 """
 from __future__ import annotations
 
-import errno
 import os
 
 from . import syscalls as sc
@@ -45,3 +44,23 @@ def set_no_new_privs() -> None:
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     if sc.prctl(sc.PR_GET_NO_NEW_PRIVS) != 1:
         raise SbxError("no_new_privs did not stick")
+
+
+def confine_init() -> None:
+    """The sandbox's init, once setup is done, keeps only what reaping and forwarding need.
+
+    It may still signal the workload (CAP_KILL: the workload runs as another
+    uid) and nothing else: bounding/permitted/effective = {KILL}, no inheritable
+    or ambient caps, no_new_privs, and not dumpable, so the workload cannot
+    ptrace it or read its memory through /proc.
+    """
+    import prctl
+
+    kill = CAP_NUMBERS["KILL"]
+    for cap in range(cap_last() + 1):
+        if cap != kill:
+            prctl.capbset_drop(cap)
+    sc.capset(1 << kill, 1 << kill, 0)
+    sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+    set_no_new_privs()
+    prctl.set_dumpable(False)

@@ -161,7 +161,7 @@ def _setup_child(plan: Plan, chan: _Chan, parent: int) -> None:
 
 def _init_child(plan: Plan, chan: _Chan, sources, parent: int) -> None:
     """pid 1 of the sandbox. Never returns."""
-    from . import mounts, net
+    from . import caps, mounts, net
     from .initproc import prepare_signals, run_init
 
     stage = "init"
@@ -187,6 +187,8 @@ def _init_child(plan: Plan, chan: _Chan, sources, parent: int) -> None:
             _workload(plan, chan)
         _close(chan.status_w)
         _close(chan.ctl_r)
+        stage = "init privileges"
+        caps.confine_init()
         os._exit(run_init(pid))
     except BaseException as e:  # noqa: BLE001
         _die(chan, e, stage)

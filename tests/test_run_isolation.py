@@ -250,3 +250,14 @@ def test_rootfs_mode_pivots_into_the_directory(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "inside-rootfs" in p.stdout and "rc=1" in p.stdout and p.stdout.strip().endswith("65534")
     assert not (root / "x").exists() and not (root / "tmp").exists(), "the user's rootfs must not be written"
+
+
+def test_sandbox_init_keeps_only_cap_kill_and_is_not_readable_by_the_workload():
+    p = run_sh("grep -E '^(CapEff|CapBnd|CapInh|CapAmb|NoNewPrivs):' /proc/1/status; "
+               "cat /proc/1/environ >/dev/null 2>&1 && echo environ-readable || echo environ-denied")
+    assert p.returncode == 0, p.stderr
+    st = dict(l.split(":", 1) for l in p.stdout.strip().splitlines()[:-1])
+    assert int(st["CapEff"], 16) == 1 << 5 and int(st["CapBnd"], 16) == 1 << 5  # CAP_KILL only
+    assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
+    assert st["NoNewPrivs"].strip() == "1"
+    assert p.stdout.strip().endswith("environ-denied")
