@@ -253,7 +253,11 @@ def parse_port(text: str) -> Port:
         body, proto = text.rsplit("/", 1)
     if proto not in ("tcp", "udp"):
         raise ValueError(f"port '{text}': protocol must be tcp or udp")
-    parts = body.split(":")
+    if body.startswith("["):  # [IPv6]:HOSTPORT:CTRPORT
+        ip6, sep, rest = body[1:].partition("]:")
+        parts = [ip6] + rest.split(":") if sep else ["", "x"]
+    else:
+        parts = body.split(":")
     try:
         if len(parts) == 2:
             ip, hp, cp = "0.0.0.0", int(parts[0]), int(parts[1])

@@ -96,3 +96,13 @@ def test_profile_list_and_show_from_any_directory(tmp_path):
     assert "strict" in p.stdout and "default" in p.stdout
     p = sbx("profile", "show", "strict")
     assert "name: strict" in p.stdout
+
+
+def test_publish_spellings_parse():
+    from sandbox.profiles import parse_port
+    assert parse_port("8080:80").host_ip == "0.0.0.0"
+    p = parse_port("[::1]:8080:80/udp")
+    assert (p.host_ip, p.host_port, p.container_port, p.proto) == ("::1", 8080, 80, "udp")
+    for bad in ("[::1:8080:80", "[zz]:1:2", "1:2:3:4", "0:80", "80:70000"):
+        with pytest.raises(ValueError):
+            parse_port(bad)
