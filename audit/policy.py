@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from sandbox.errors import SpecError
 from sandbox.facts import CAP_NAMES
-from sandbox.yamlmarks import Doc, load
+from sandbox.yamlmarks import Doc, check_schema, load
 
 LEVELS = ("required", "optional", "forbidden")
 NS_NAMES = ("pid", "net", "ipc", "uts", "user", "cgroup", "mnt")
@@ -155,32 +155,6 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean {near[0]}?)" if near else ""
 
 
-def _validate_types(doc: Doc, data, schema: dict, prefix: str, errors: list[SpecError]) -> None:
-    if not isinstance(data, dict):
-        errors.append(doc.error(prefix, "must be a mapping"))
-        return
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in schema:
-            errors.append(doc.error(key, f"unknown key{_suggest(str(k), schema)} (known here: {', '.join(sorted(schema))})"))
-            continue
-        kind = schema[k]
-        if isinstance(kind, dict):
-            _validate_types(doc, v, kind, key, errors)
-            continue
-        ok = {
-            "str": isinstance(v, str),
-            "bool": isinstance(v, bool),
-            "int": isinstance(v, int) and not isinstance(v, bool),
-            "num": isinstance(v, (int, float)) and not isinstance(v, bool),
-            "size": isinstance(v, (int, str)) and not isinstance(v, bool),
-            "list": isinstance(v, list),
-            "map": isinstance(v, dict),
-        }[kind]
-        if not ok:
-            errors.append(doc.error(key, f"must be a {kind}, got {type(v).__name__}"))
-
-
 def lint(path: str, text: str | None = None) -> tuple[Policy | None, list[SpecError]]:
     """Parse and check a policy. Returns (policy or None, every error found, each with file:line:col)."""
     try:
@@ -191,7 +165,7 @@ def lint(path: str, text: str | None = None) -> tuple[Policy | None, list[SpecEr
     if not isinstance(doc.data, dict):
         return None, [doc.error("", "a policy must be a mapping")]
     data = doc.data
-    _validate_types(doc, data, SCHEMA, "", errors)
+    errors.extend(check_schema(doc, data, SCHEMA))
     if data.get("apiVersion", "sbx/v1") != "sbx/v1":
         errors.append(doc.error("apiVersion", "must be sbx/v1"))
     name = data.get("name")

@@ -14,7 +14,7 @@ from .errors import SpecError
 from .facts import CAP_NAMES
 from .spec import (IF_AVAILABLE, LEVELS, NETWORK_MODES, Bind, Filesystem, Port, Resources, Rlimit, Security,
                    Spec)
-from .yamlmarks import Doc, load
+from .yamlmarks import Doc, check_schema, load
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -117,63 +117,49 @@ def profile_path(ref: str, relative_to: str | None = None) -> str:
     return path
 
 
-def _validate(doc: Doc, data, schema: dict, prefix: str) -> None:
-    if not isinstance(data, dict):
-        raise doc.error(prefix, "must be a mapping")
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if k not in schema:
-            known = ", ".join(sorted(schema))
-            raise doc.error(key, f"unknown key (known here: {known})")
-        kind = schema[k]
-        if isinstance(kind, dict):
-            _validate(doc, v, kind, key)
-            continue
-        optional = kind.endswith("?")
-        kind = kind.rstrip("?")
-        if v is None and optional:
-            continue
-        ok = {
-            "str": lambda x: isinstance(x, str),
-            "bool": lambda x: isinstance(x, bool),
-            "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
-            "num": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
-            "size": lambda x: isinstance(x, (int, str)) and not isinstance(x, bool),
-            "list": lambda x: isinstance(x, list),
-            "map": lambda x: isinstance(x, dict),
-            "level": lambda x: x in LEVELS,
-            "caps": lambda x: isinstance(x, list),
-            "rlimits": lambda x: isinstance(x, dict),
-        }[kind](v)
-        if not ok:
-            expect = {"level": f"one of {', '.join(LEVELS)}", "num": "a number", "int": "an integer",
-                      "map": "a mapping", "rlimits": "a mapping of name: SOFT[:HARD]", "caps": "a list of capabilities",
-                      "size": "a size like 64m"}.get(kind, f"a {kind}")
-            raise doc.error(key, f"must be {expect}, got {type(v).__name__} {v!r}"[:300])
+_PROFILE_KINDS = {
+    "level": (lambda x: x in LEVELS, f"one of {', '.join(LEVELS)}"),
+    "caps": (lambda x: isinstance(x, list), "a list of capabilities"),
+    "rlimits": (lambda x: isinstance(x, dict), "a mapping of name: SOFT[:HARD]"),
+}
+
+
+def _semantic(doc: Doc):
+    def check(key: str, kind: str, v) -> list[SpecError]:
+        from .rlimits import NAMES
+        out = []
         if kind == "size":
             try:
-                parse_size(v, k)
+                parse_size(v, key.rsplit(".", 1)[-1])
             except ValueError as e:
-                raise doc.error(key, str(e)) from None
-        if kind == "caps":
+                out.append(doc.error(key, str(e)))
+        elif kind == "caps":
             for i, c in enumerate(v):
                 try:
                     normalize_cap(c)
                 except ValueError as e:
-                    raise doc.error(f"{key}[{i}]", str(e)) from None
-        if kind == "rlimits":
-            from .rlimits import NAMES
+                    out.append(doc.error(f"{key}[{i}]", str(e)))
+        elif kind == "rlimits":
             for rk, rv in v.items():
                 if rk not in NAMES:
-                    raise doc.error(f"{key}.{rk}", f"unknown rlimit (known: {', '.join(sorted(NAMES))})")
+                    out.append(doc.error(f"{key}.{rk}", f"unknown rlimit (known: {', '.join(sorted(NAMES))})"))
+                    continue
                 try:
                     parse_rlimit(rk, rv)
                 except ValueError as e:
-                    raise doc.error(f"{key}.{rk}", str(e)) from None
-        if kind == "map":
+                    out.append(doc.error(f"{key}.{rk}", str(e)))
+        elif kind == "map":
             for mk, mv in v.items():
                 if not isinstance(mv, (str, int, float)) or isinstance(mv, bool):
-                    raise doc.error(f"{key}.{mk}", "must be a string")
+                    out.append(doc.error(f"{key}.{mk}", "must be a string"))
+        return out
+    return check
+
+
+def _validate(doc: Doc, data, schema: dict, prefix: str) -> None:
+    errors = check_schema(doc, data, schema, prefix, kinds=_PROFILE_KINDS, semantic=_semantic(doc))
+    if errors:
+        raise errors[0]
 
 
 def normalize_cap(c) -> str:

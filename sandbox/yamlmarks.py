@@ -112,3 +112,57 @@ def load(path: str, text: str | None = None) -> Doc:
     except RecursionError:
         raise SpecError("invalid YAML: nesting too deep", where=path) from None
     return Doc(data, path, marks)
+
+
+# Schema kinds shared by profiles and policies: name -> (accepts?, what to say when not).
+BASE_KINDS: dict = {
+    "str": (lambda x: isinstance(x, str), "a str"),
+    "bool": (lambda x: isinstance(x, bool), "a bool"),
+    "int": (lambda x: isinstance(x, int) and not isinstance(x, bool), "an integer"),
+    "num": (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool), "a number"),
+    "size": (lambda x: isinstance(x, (int, str)) and not isinstance(x, bool), "a size like 64m"),
+    "list": (lambda x: isinstance(x, list), "a list"),
+    "map": (lambda x: isinstance(x, dict), "a mapping"),
+}
+
+
+def check_schema(doc: Doc, data, schema: dict, prefix: str = "", kinds: dict | None = None,
+                 semantic=None) -> list[SpecError]:
+    """Every unknown key and wrongly typed value under `data`, each located at file:line:col.
+
+    schema: key -> kind name (a trailing "?" allows null) or a nested schema dict.
+    kinds: extra kind names -> (accepts?, expectation text), on top of BASE_KINDS.
+    semantic(key, kind, value) -> list[SpecError]: deeper checks for a value of the right type.
+    """
+    import difflib
+
+    table = {**BASE_KINDS, **(kinds or {})}
+    errors: list[SpecError] = []
+
+    def walk(data, schema: dict, prefix: str) -> None:
+        if not isinstance(data, dict):
+            errors.append(doc.error(prefix, "must be a mapping"))
+            return
+        for k, v in data.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in schema:
+                near = difflib.get_close_matches(str(k), list(schema), 1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                errors.append(doc.error(key, f"unknown key{hint} (known here: {', '.join(sorted(schema))})"))
+                continue
+            kind = schema[k]
+            if isinstance(kind, dict):
+                walk(v, kind, key)
+                continue
+            optional = kind.endswith("?")
+            kind = kind.rstrip("?")
+            if v is None and optional:
+                continue
+            accepts, expect = table[kind]
+            if not accepts(v):
+                errors.append(doc.error(key, f"must be {expect}, got {type(v).__name__} {v!r}"[:300]))
+            elif semantic is not None:
+                errors.extend(semantic(key, kind, v))
+
+    walk(data, schema, prefix)
+    return errors
