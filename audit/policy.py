@@ -139,15 +139,8 @@ def builtin_names() -> list[str]:
 
 
 def policy_path(ref: str) -> str:
-    if "/" in ref or ref.endswith((".yaml", ".yml")):
-        return ref
-    if not re.match(r"^[A-Za-z0-9_.-]+$", ref):
-        raise SpecError(f"bad policy name '{ref}'", where="--policy")
-    from sandbox.profiles import builtin_dir
-    path = os.path.join(builtin_dir("policies"), ref + ".yaml")
-    if not os.path.exists(path):
-        raise SpecError(f"no built-in policy '{ref}' (have: {', '.join(builtin_names())})", where="--policy")
-    return path
+    from sandbox.profiles import builtin_or_path
+    return builtin_or_path(ref, "policies")
 
 
 def _suggest(word: str, choices) -> str:

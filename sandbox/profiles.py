@@ -103,18 +103,26 @@ def builtin_profiles() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml"))
 
 
-def profile_path(ref: str, relative_to: str | None = None) -> str:
-    """A name ('strict') is a built-in profile; anything with a slash or .yaml suffix is a path."""
+def builtin_or_path(ref: str, kind: str, relative_to: str | None = None) -> str:
+    """A bare name ('strict') is a built-in YAML of `kind` (profiles/policies); anything with a slash
+    or a .yaml suffix is a path (relative to the file that names it, for `extends:`)."""
     if "/" in ref or ref.endswith((".yaml", ".yml")):
         if relative_to and not os.path.isabs(ref):
             return os.path.join(os.path.dirname(relative_to), ref)
         return ref
+    what, flag = {"profiles": ("profile", "--profile"), "policies": ("policy", "--policy")}[kind]
     if not re.match(r"^[A-Za-z0-9_.-]+$", ref):
-        raise SpecError(f"bad profile name '{ref}'", where="--profile")
-    path = os.path.join(builtin_dir("profiles"), ref + ".yaml")
+        raise SpecError(f"bad {what} name '{ref}'", where=flag)
+    d = builtin_dir(kind)
+    path = os.path.join(d, ref + ".yaml")
     if not os.path.exists(path):
-        raise SpecError(f"no built-in profile '{ref}' (have: {', '.join(builtin_profiles())})", where="--profile")
+        have = sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml"))
+        raise SpecError(f"no built-in {what} '{ref}' (have: {', '.join(have)})", where=flag)
     return path
+
+
+def profile_path(ref: str, relative_to: str | None = None) -> str:
+    return builtin_or_path(ref, "profiles", relative_to)
 
 
 _PROFILE_KINDS = {
