@@ -61,12 +61,30 @@ def bwrap_loop(count: int) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def peak_rss_kib(argv: list[str], n: int = 5) -> int:
+    """Median peak RSS (KiB) of the command's process tree, from GNU time's wait4 rusage.
+
+    Measured through /usr/bin/time (a small C process), not from this Python process:
+    a fork of the benchmark would count our own pages before exec.
+    """
+    out = []
+    for _ in range(n):
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"benchmark command failed ({p.returncode}): {' '.join(argv)}")
+        out.append(int(p.stderr.strip().splitlines()[-1]))
+    return sorted(out)[len(out) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=3.0)
     a = ap.parse_args()
     require("bwrap", "runc", "crun", "busybox")
+    if not os.path.exists("/usr/bin/time"):
+        raise SystemExit("missing /usr/bin/time (apt-get install time)")
     ensure_hugetlb_v1()
     with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
         cmds = {
@@ -76,10 +94,11 @@ def main() -> None:
             "crun": ["crun", "run", "-b", oci_bundle(d2, "crun"), f"bench-crun-{os.getpid()}"],
         }
         res = interleaved(cmds, a.n)
+        rss = {k: peak_rss_kib(v) for k, v in cmds.items()}
     base = med_ms(res["runc"])
-    rows = [(k, f"{med_ms(v):.1f}", f"{med_ms(v) / base:.2f}x") for k, v in res.items()]
-    print("P1 cold start, median of", a.n, "(ms; ratio to runc)")
-    print(table(rows, ("runtime", "median ms", "vs runc")))
+    rows = [(k, f"{med_ms(v):.1f}", f"{med_ms(v) / base:.2f}x", f"{rss[k] / 1024:.1f}") for k, v in res.items()]
+    print("P1 cold start, median of", a.n, "(ms; ratio to runc) and peak RSS of the launcher's process tree")
+    print(table(rows, ("runtime", "median ms", "vs runc", "peak RSS MiB")))
     api = api_throughput(a.seconds)
     bw = bwrap_loop(100)
     print()
