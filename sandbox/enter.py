@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from . import facts, state, syscalls as sc
-from .errors import EXIT_NOT_EXECUTABLE, EXIT_REFUSED, SbxError, VerifyError
+from .errors import EXIT_NOT_EXECUTABLE, SbxError, VerifyError
 from .spec import Spec, spec_from_dict
 from .userns import outside
 
@@ -137,18 +136,7 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
             ready = launch._expect(chan, buf, "ready", [])["ready"]
             _verify(plan.spec, entry, pid, init_pid, plan, cg)
             events.emit("exec_start", entry.id, entry.name, argv=list(argv)[:32], landlock_abi=ready.get("landlock_abi"))
-            os.write(chan.ctl_w, b"G")
-            msg = launch._read_msg(chan.status_r, buf, time.monotonic() + launch.SETUP_TIMEOUT)
-            if msg is not None and "exec_error" in msg:
-                raise launch._ExecError(msg)
-            if msg is not None and "error" in msg:
-                raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED))
-            if plan.mac is not None:
-                from . import mac
-                from .verify import check_label
-                _, problem = check_label(pid, mac.expected_label(plan.mac))
-                if problem:
-                    raise VerifyError("exec verification failed after exec, killed: " + problem)
+            launch.release_and_confirm(chan, buf, plan, pid, "exec'd command")
         except launch._ExecError as e:
             launch._print(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get('exec_error')}")
             launch._reap(pid)

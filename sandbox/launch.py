@@ -427,6 +427,29 @@ def _expect(chan: _Chan, buf: bytearray, key: str, early: list[dict]) -> dict:
         early.append(msg)
 
 
+def release_and_confirm(chan: _Chan, buf: bytearray, plan: Plan, pid: int, what: str) -> str | None:
+    """Let a verified, parked process exec; confirm it did, and check the LSM label it now carries.
+
+    Shared by the workload and `sbx exec`. EOF on the status pipe means the exec
+    happened (the process's end is close-on-exec); an exec failure raises
+    _ExecError, a missing label VerifyError. Returns the label in effect.
+    """
+    os.write(chan.ctl_w, b"G")
+    msg = _read_msg(chan.status_r, buf, time.monotonic() + SETUP_TIMEOUT)
+    if msg is not None and "exec_error" in msg:
+        raise _ExecError(msg)
+    if msg is not None and "error" in msg:
+        raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED))
+    if plan.mac is None:
+        return None
+    from . import mac
+    from .verify import check_label
+    label, problem = check_label(pid, mac.expected_label(plan.mac))
+    if problem:
+        raise VerifyError(f"verification failed after exec, {what} killed: {problem}")
+    return label
+
+
 class _ExecError(Exception):
     def __init__(self, msg: dict):
         self.msg = msg
@@ -488,19 +511,8 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             record["verification"] = v.to_dict()
             if not v.ok:
                 raise VerifyError("verification failed, workload killed before exec: " + "; ".join(v.problems))
-            os.write(chan.ctl_w, b"G")
-            # EOF on the status pipe: the workload exec'd (its end is close-on-exec).
-            msg = _read_msg(chan.status_r, buf, time.monotonic() + SETUP_TIMEOUT)
-            if msg is not None and "exec_error" in msg:
-                raise _ExecError(msg)
-            if msg is not None and "error" in msg:
-                raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED))
+            label = release_and_confirm(chan, buf, plan, workload_pid, "workload")
             if plan.mac is not None:
-                from . import mac
-                from .verify import check_label
-                label, problem = check_label(workload_pid, mac.expected_label(plan.mac))
-                if problem:
-                    raise VerifyError("verification failed after exec, workload killed: " + problem)
                 record["lsm_label"] = label
         except _ExecError as e:
             code = e.msg.get("code", EXIT_NOT_EXECUTABLE)
