@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from sandbox.errors import SpecError
 from sandbox.facts import CAP_NAMES
-from sandbox.yamlmarks import Doc, check_schema, load
+from sandbox.yamlmarks import Doc, check_schema, get_path, load
 
 LEVELS = ("required", "optional", "forbidden")
 NS_NAMES = ("pid", "net", "ipc", "uts", "user", "cgroup", "mnt")
@@ -92,12 +92,7 @@ class Policy:
     doc: Doc | None = None
 
     def get(self, dotted: str, default=None):
-        cur = self.data
-        for part in dotted.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                return default
-            cur = cur[part]
-        return cur
+        return get_path(self.data, dotted, default)
 
     def where(self, key: str) -> str:
         return self.doc.where(key) if self.doc else self.path
@@ -241,12 +236,7 @@ def lint(path: str, text: str | None = None) -> tuple[Policy | None, list[SpecEr
 
 
 def _get(data, dotted: str):
-    cur = data
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
+    return get_path(data, dotted)
 
 
 def _lint_resources(doc: Doc, data: dict, errors: list[SpecError]) -> None:

@@ -14,7 +14,7 @@ from .errors import SpecError
 from .facts import CAP_NAMES
 from .spec import (IF_AVAILABLE, LEVELS, NETWORK_MODES, Bind, Filesystem, Port, Resources, Rlimit, Security,
                    Spec)
-from .yamlmarks import Doc, check_schema, load
+from .yamlmarks import Doc, check_schema, get_path, load
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -311,12 +311,7 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         return doc
 
     def g(path: str, default=None):
-        cur = data
-        for part in path.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                return default
-            cur = cur[part]
-        return cur
+        return get_path(data, path, default)
 
     user = g("user", {}) or {}
     uid = user.get("uid", 65534)

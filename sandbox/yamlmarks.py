@@ -114,6 +114,16 @@ def load(path: str, text: str | None = None) -> Doc:
     return Doc(data, path, marks)
 
 
+def get_path(data, dotted: str, default=None):
+    """data["a"]["b"] for "a.b", or default when any step is missing or not a mapping."""
+    cur = data
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
 # Schema kinds shared by profiles and policies: name -> (accepts?, what to say when not).
 BASE_KINDS: dict = {
     "str": (lambda x: isinstance(x, str), "a str"),
