@@ -6,8 +6,6 @@ Subcommands live in their own modules and are imported only when invoked, so
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 
@@ -37,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _available(name: str) -> bool:
+    import importlib.util  # only on click's path: ~4 ms that `sbx run` need not pay
     try:
         return importlib.util.find_spec(COMMANDS[name][0]) is not None
     except ModuleNotFoundError:
@@ -54,6 +53,7 @@ def _group():
             entry = COMMANDS.get(name)
             if entry is None or not _available(name):
                 return None
+            import importlib
             return getattr(importlib.import_module(entry[0]), entry[1])
 
     @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

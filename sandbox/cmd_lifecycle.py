@@ -546,7 +546,7 @@ def cleanup_cgroup(sid: str) -> None:
 
 
 def start(e: state.Entry) -> None:
-    from dataclasses import replace
+    from .records import replace
 
     from .lifecycle import run_detached
     from .spec import spec_from_dict

@@ -7,9 +7,6 @@ recognise (help, typos, odd spellings) falls back to click for its messages.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-
 # (names, dest, kind, type, help). kind: "flag" | "value" | "multi".
 OPTIONS: tuple[tuple[tuple[str, ...], str, str, type, str], ...] = (
     (("--profile",), "profile", "value", str, "Built-in profile name or a YAML path (default: strict)."),
@@ -45,14 +42,9 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, type, str], ...] = (
 )
 
 
-@dataclass
-class _Opt:
-    dest: str
-    kind: str
-    type: type
-
-
-_BY_NAME = {n: _Opt(dest, kind, typ) for names, dest, kind, typ, _ in OPTIONS for n in names}
+# option name -> (dest, kind, type)
+_BY_NAME: dict[str, tuple[str, str, type]] = {n: (dest, kind, typ) for names, dest, kind, typ, _ in OPTIONS
+                                             for n in names}
 
 
 def fast_parse(args: list[str]) -> dict | None:
@@ -72,10 +64,11 @@ def fast_parse(args: list[str]) -> dict | None:
         opt = _BY_NAME.get(name)
         if opt is None:
             return None
-        if opt.kind == "flag":
+        dest, kind, typ = opt
+        if kind == "flag":
             if eq:
                 return None
-            kw[opt.dest] = True
+            kw[dest] = True
             i += 1
             continue
         if not eq:
@@ -86,13 +79,13 @@ def fast_parse(args: list[str]) -> dict | None:
         else:
             i += 1
         try:
-            typed = opt.type(val)
+            typed = typ(val)
         except ValueError:
             return None
-        if opt.kind == "multi":
-            kw[opt.dest] = kw[opt.dest] + (typed,)
+        if kind == "multi":
+            kw[dest] = kw[dest] + (typed,)
         else:
-            kw[opt.dest] = typed
+            kw[dest] = typed
     else:
         kw["cmd"] = []
     kw["profile"] = kw["profile"] or "strict"
@@ -107,6 +100,7 @@ def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
         from .admission import admit
         admit(spec)
     if explain:
+        import json
         print(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
         return 0
     if spec.detach:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
+from .records import field, record
 
 PROC = "/proc"
 MAX_SMALL = 64 * 1024  # status, maps, attr files
@@ -88,7 +88,7 @@ def read_text(pid: int | str, name: str, limit: int = MAX_SMALL) -> str:
     return _read_bytes(f"{PROC}/{pid}/{name}", limit).decode("utf-8", "replace")
 
 
-@dataclass
+@record
 class Status:
     name: str = ""
     pid: int = 0
@@ -163,7 +163,7 @@ def read_status(pid: int | str) -> Status:
     return parse_status(read_text(pid, "status"))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IdMapEntry:
     inside: int
     outside: int
@@ -219,7 +219,7 @@ def read_ns(pid: int | str, kinds=NS_KINDS) -> dict[str, int]:
     return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     mount_id: int
     parent_id: int
@@ -287,7 +287,7 @@ def read_mountinfo(pid: int | str) -> list[Mount]:
     return parse_mountinfo(read_text(pid, "mountinfo", MAX_LARGE))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupEntry:
     hierarchy: int
     controllers: tuple[str, ...]
@@ -360,7 +360,7 @@ def list_pids() -> list[int]:
     return [int(d) for d in os.listdir(PROC) if d.isdigit()]
 
 
-@dataclass
+@record
 class ProcFacts:
     """Everything verify and audit need about one process, read once."""
 
@@ -411,7 +411,7 @@ def read(pid: int, host_pid: int | str = 1, with_mounts: bool = True) -> ProcFac
 # Audit helpers (added for `sbx audit`): still the one place that parses /proc.
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StatBrief:
     pid: int
     comm: str
@@ -437,7 +437,7 @@ def read_stat(pid: int | str) -> StatBrief:
         raise ProcessGone(str(pid)) from None  # a zombie/reaped mid-read looks like garbage
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Listener:
     proto: str  # tcp, tcp6, udp, udp6
     address: str
@@ -573,7 +573,7 @@ def stat_in_root(pid: int | str, path: str) -> os.stat_result | None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceNode:
     path: str
     kind: str  # "c" or "b"

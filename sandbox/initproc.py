@@ -8,7 +8,7 @@ the workload's process group) from one sent by a process (forwarded once).
 from __future__ import annotations
 
 import os
-import signal
+from .sig import signal
 
 SI_KERNEL = 0x80
 FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,

@@ -26,7 +26,7 @@ import ctypes
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
+from .records import field, record
 
 from .errors import SbxError
 from .spec import IF_AVAILABLE, OFF, REQUIRED, Spec
@@ -82,13 +82,13 @@ class _PathBeneathAttr(ctypes.Structure):
                 ("parent_fd", ctypes.c_int32)]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rule:
     path: str
     access: str  # "ro" | "rw" | "wfile"
 
 
-@dataclass
+@record
 class LandlockPlan:
     rules: list[Rule]
     abi: int

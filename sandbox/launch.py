@@ -9,29 +9,29 @@ Process tree (host view):
 
 Setup is synchronised with pipes, never sleeps. Children never return into the
 caller's Python stack: every path ends in os._exit, errors travel to the parent
-as one JSON line on the status pipe. The parent verifies the parked workload
+as one message on the status pipe. The parent verifies the parked workload
 from /proc and only then lets it exec (fail closed).
 """
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import select
-import signal
 import sys
 import time
-import traceback
-from dataclasses import dataclass, field
+from .records import field, record
 
 from . import facts, syscalls as sc
+from .sig import signal
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, SbxError, VerifyError
 from .spec import Spec
 
 SETUP_TIMEOUT = 30.0
+MAX_MSG = 4000  # one status message, framed, stays below PIPE_BUF
 NS_ORDER = ("user", "mount", "pid", "net", "uts", "ipc", "cgroup")
 
 
-@dataclass
+@record
 class Result:
     exit_code: int
     sandbox_id: str
@@ -40,7 +40,7 @@ class Result:
     timed_out: bool = False
 
 
-@dataclass
+@record
 class Plan:
     """Everything decided in the parent before the first fork."""
 
@@ -59,15 +59,23 @@ class Plan:
 # ---------------------------------------------------------------- child side
 
 class _Chan:
-    """The two pipes every sandbox process shares with the parent."""
+    """The two pipes every sandbox process shares with the parent.
+
+    Status messages are small dicts of str/int/None, framed as a 2-byte length
+    plus a marshal blob: marshal is built in (json would cost ~7 ms of imports
+    per start), and only sbx's own code ever holds the write end: it is
+    close-on-exec, so no workload inherits it.
+    """
 
     def __init__(self) -> None:
-        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)  # sandbox -> parent, JSON lines
+        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)  # sandbox -> parent, framed messages
         self.ctl_r, self.ctl_w = os.pipe2(os.O_CLOEXEC)  # parent -> sandbox, one-byte tokens
 
     def send(self, obj: dict) -> None:
-        data = (json.dumps(obj) + "\n").encode()
-        os.write(self.status_w, data[:4000])  # < PIPE_BUF: atomic even with several writers
+        data = marshal.dumps(obj)
+        if len(data) > MAX_MSG:
+            data = marshal.dumps({k: (v[:1000] if isinstance(v, str) else v) for k, v in obj.items()})[:MAX_MSG]
+        os.write(self.status_w, len(data).to_bytes(2, "big") + data)  # < PIPE_BUF: atomic with several writers
 
     def wait_token(self, expect: bytes) -> None:
         b = os.read(self.ctl_r, 1)
@@ -93,13 +101,19 @@ def _close(fd: int | None) -> None:
 
 def _die(chan: _Chan, e: BaseException, stage: str) -> None:
     if os.environ.get("SBX_DEBUG"):
-        traceback.print_exception(e)
+        try:
+            import traceback  # not preloaded: after pivot_root this import may fail, and that is fine
+            traceback.print_exception(e)
+        except ImportError:
+            pass
     try:
         if isinstance(e, SbxError):
             chan.send({"error": e.message, "code": e.code, "where": e.where, "stage": stage})
         else:
-            tb = traceback.extract_tb(e.__traceback__)
-            loc = f"{tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else "?"
+            tb = e.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            loc = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
             chan.send({"error": f"{stage} failed: {type(e).__name__}: {e} ({loc})", "code": EXIT_REFUSED, "stage": stage})
     finally:
         os._exit(EXIT_REFUSED)
@@ -380,8 +394,8 @@ def release(plan: Plan) -> None:
 
 
 def _read_msg(fd: int, buf: bytearray, deadline: float | None) -> dict | None:
-    """Next JSON line from the status pipe; None on EOF."""
-    while b"\n" not in buf:
+    """Next message from the status pipe; None on EOF."""
+    while len(buf) < 2 or len(buf) < 2 + int.from_bytes(buf[:2], "big"):
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -393,12 +407,16 @@ def _read_msg(fd: int, buf: bytearray, deadline: float | None) -> dict | None:
         if not chunk:
             return None
         buf.extend(chunk)
-    line, _, rest = bytes(buf).partition(b"\n")
-    buf[:] = rest
+    n = int.from_bytes(buf[:2], "big")
+    blob = bytes(buf[2:2 + n])
+    del buf[:2 + n]
     try:
-        return json.loads(line)
-    except ValueError:
+        msg = marshal.loads(blob)
+    except (ValueError, EOFError, TypeError):
+        msg = None
+    if not isinstance(msg, dict):
         return {"error": "garbled message from the sandbox", "code": EXIT_REFUSED}
+    return msg
 
 
 def _expect(chan: _Chan, buf: bytearray, key: str, early: list[dict]) -> dict:
@@ -599,13 +617,15 @@ class _Forwarder:
     """
 
     def __init__(self) -> None:
-        import threading
         self._owner = os.getpid()
         self.target: int | None = None
         self.pending: list[int] = []
         self.old: dict = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
+        try:
+            first = signal.getsignal(_FORWARD[0])
+            signal.signal(_FORWARD[0], first)
+        except ValueError:
+            return  # not the main thread: Python delivers signals only there, leave handlers alone
         try:
             # A terminal's ^C/^\ already reached the workload (same process group); don't double it.
             self.tty_fg = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()

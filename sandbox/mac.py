@@ -13,7 +13,7 @@ SELinux: setexeccon). The switch happens at exec, so verification reads
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from .records import asdict, field, record
 
 from .errors import SbxError
 from .spec import IF_AVAILABLE, OFF, REQUIRED, Security
@@ -27,7 +27,7 @@ SELINUX_USER_ROLE = "system_u:system_r"
 MCS_CATEGORIES = 1024  # c0..c1023, the refpolicy MCS default
 
 
-@dataclass
+@record
 class MacPlan:
     apparmor_profile: str | None = None
     selinux_context: str | None = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from .records import record
 
 from . import syscalls as sc
 from .errors import SbxError
@@ -37,7 +37,7 @@ RO_ATTRS = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 MAX_ETC_COPY = 1 << 20
 
 
-@dataclass
+@record
 class Sources:
     """User-given paths opened (O_PATH) before any mount changes, in the sandbox's mount ns."""
 

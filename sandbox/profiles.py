@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from dataclasses import replace
+from .records import replace
 
 from .errors import SpecError
 from .facts import CAP_NAMES

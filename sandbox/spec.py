@@ -1,13 +1,12 @@
 """The resolved Spec: the single truth every launch stage, verify and admission read.
 
-Frozen dataclasses, built only by sandbox.profiles from profile YAML + flags.
+Frozen records (sandbox.records), built only by sandbox.profiles from profile YAML + flags.
 Nothing downstream re-reads a profile or a flag.
 """
 from __future__ import annotations
 
 from .digest import sha256
-import json
-from dataclasses import asdict, dataclass, field
+from .records import asdict, field, record
 
 # Requirement levels for controls that depend on the host (LSMs, Landlock).
 REQUIRED = "required"
@@ -19,14 +18,14 @@ NAMESPACES = ("user", "pid", "mount", "net", "uts", "ipc", "cgroup")
 NETWORK_MODES = ("none", "loopback", "bridge")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Bind:
     source: str
     target: str
     readonly: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Port:
     host_ip: str
     host_port: int
@@ -34,14 +33,14 @@ class Port:
     proto: str = "tcp"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rlimit:
     name: str  # lower-case, without RLIMIT_ (nofile, nproc, core, fsize, ...)
     soft: int  # -1 means unlimited
     hard: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resources:
     """cgroup caps. None means "not requested"; -1 means explicitly unlimited."""
 
@@ -62,7 +61,7 @@ class Resources:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Security:
     capabilities: tuple[str, ...] = ()  # kept caps, upper-case without CAP_ ("NET_BIND_SERVICE")
     no_new_privs: bool = True
@@ -76,7 +75,7 @@ class Security:
     selinux: str = IF_AVAILABLE
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Filesystem:
     rootfs: str | None = None  # None: host-view root built from the host's /usr, /bin, /lib*, safe /etc
     read_only: bool = True
@@ -89,7 +88,7 @@ class Filesystem:
     readonly_paths: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Spec:
     argv: tuple[str, ...]
     profile: str = "strict"
@@ -119,11 +118,27 @@ class Spec:
         return asdict(self)
 
     def digest(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-        return sha256(blob).hexdigest()
+        return sha256(canonical(self.to_dict())).hexdigest()
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
+
+
+def canonical(v) -> bytes:
+    """A deterministic byte encoding of plain data (dict keys sorted), for digests.
+
+    repr() of str/int/float/bool/None is stable across CPython versions; json
+    would do too but costs its import (json -> re -> enum, ~7 ms) on every run.
+    """
+    return repr(_sorted(v)).encode()
+
+
+def _sorted(v):
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _sorted(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_sorted(x) for x in v)
+    return v
 
 
 def spec_from_dict(d: dict) -> Spec:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import dataclass, field
+from .records import field, record
 
 from . import paths
 from .errors import SbxError
@@ -26,7 +26,7 @@ DEFAULT_SLOTS = 1024
 SUBID_USER = "sbx"
 
 
-@dataclass
+@record
 class IdPlan:
     uid_map: list[tuple[int, int, int]]
     gid_map: list[tuple[int, int, int]]

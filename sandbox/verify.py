@@ -7,7 +7,7 @@ Every reading comes from sandbox.facts, the same reader audit uses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .records import field, record
 
 from . import facts
 from .facts import ProcFacts, caps_to_names, names_to_mask
@@ -17,7 +17,7 @@ from .spec import Spec
 NS = {"user": "user", "pid": "pid", "mount": "mnt", "net": "net", "uts": "uts", "ipc": "ipc", "cgroup": "cgroup"}
 
 
-@dataclass
+@record
 class Verification:
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)

@@ -28,14 +28,14 @@ def _run_with_broken_stage(stage: str, marker: str, q) -> None:
         from sandbox import seccomp
         seccomp.install = lambda bpf: None
     elif stage == "readonly":
-        from dataclasses import replace
+        from sandbox.records import replace
         import sandbox.mounts as m
         orig = m.setup
         def setup(spec, sources, rootless):
             return orig(replace(spec, filesystem=replace(spec.filesystem, read_only=False)), sources, rootless=rootless)
         m.setup = setup
     spec = resolve(["/bin/sh", "-c", f"echo ran > {marker}"], profile=PROFILE, volume=[f"{os.path.dirname(marker)}:/out:rw"])
-    from dataclasses import replace
+    from sandbox.records import replace
     spec = replace(spec, argv=("/bin/sh", "-c", "echo ran > /out/marker"))
     try:
         r = launch.run(spec)
