@@ -3,9 +3,16 @@
 Process tree (host view):
 
     sbx (parent: cgroup, id maps, verification, wait)
-     └─ setup   (unshares every namespace; waits for its init; relays the exit status)
-         └─ init   (pid 1 inside: mounts, hostname, network; then reaps and forwards signals)
+     └─ setup   (unshares every namespace but cgroup; waits for its init; relays the exit status)
+         └─ init   (pid 1 inside: mounts, hostname, network; once attached to the cgroup,
+             │      a new cgroup namespace; then reaps and forwards signals)
              └─ workload (rlimits → Landlock → MAC → caps/uid → no_new_privs → seccomp → parked → execve)
+
+The sandbox's cgroup is created and setup+init attached while init builds its
+mounts: the first cgroup.procs write can wait a full RCU grace period in the
+kernel (see cgwarm), and this way the sandbox's own setup runs meanwhile. Init
+forks the workload only after the attach, so nothing of the workload ever runs
+outside its cgroup, and its cgroup namespace is rooted at the sandbox's cgroup.
 
 Setup is synchronised with pipes, never sleeps. Children never return into the
 caller's Python stack: every path ends in os._exit, errors travel to the parent
@@ -21,7 +28,7 @@ import sys
 import time
 from .records import field, record
 
-from . import facts, syscalls as sc
+from . import cgwarm, facts, syscalls as sc
 from .sig import signal
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, SbxError, VerifyError
 from .spec import Spec
@@ -135,10 +142,10 @@ def _setup_child(plan: Plan, chan: _Chan, parent: int) -> None:
             signal.signal(sig, signal.SIG_DFL)  # not sbx's forwarding handlers
         chan.child_close()
         _pdeathsig(parent)
-        chan.wait_token(b"1")  # parent has put us in the cgroup
         flags = 0
         for ns in NS_ORDER:
-            flags |= sc.NS_FLAGS[ns]
+            if ns != "cgroup":  # init does that one, once it is in the sandbox's cgroup
+                flags |= sc.NS_FLAGS[ns]
         stage = "unshare"
         sc.unshare(flags)
         chan.send({"stage": "unshared"})
@@ -196,6 +203,9 @@ def _init_child(plan: Plan, chan: _Chan, sources, parent: int) -> None:
         stage = "network"
         net.setup_inside(spec.network)
         prepare_signals()
+        chan.wait_token(b"3")  # parent has put setup and us in the sandbox's cgroup
+        stage = "cgroup namespace"
+        sc.unshare(sc.CLONE_NEWCGROUP)
         pid = os.fork()
         if pid == 0:
             _workload(plan, chan)
@@ -317,22 +327,32 @@ def prepare(spec: Spec, sandbox_id: str) -> Plan:
     plan = Plan(spec=spec, sandbox_id=sandbox_id, idmap=idmap)
     try:
         _prepare_security(plan)
+        # Before the cgroup: mkdir there waits on cgroup_mutex while cgwarm's grace period runs,
+        # so everything that does not touch cgroups goes first.
+        _preload(plan)
         if spec.resources.requested():
             from . import cgroups
-            cgroups.reap_stale()
-            plan.cgroup = cgroups.create(sandbox_id, spec.resources, degrade=spec.degrade)
-            if plan.cgroup is not None and getattr(plan.cgroup, "degraded", None):
-                for d in plan.cgroup.degraded:
-                    plan.notes.append(f"degraded: {d} not enforced (profile allows degrade)")
-            plan.features["cgroup"] = cgroups.detect()
+            cgroups.check(sandbox_id, spec.resources)  # bad values refuse before anything exists
         if spec.network == "bridge":
             from . import netbridge  # pyroute2 is imported there, and only for bridge mode
             plan.net = netbridge.prepare(spec, sandbox_id)
-        _preload(plan)
     except BaseException:
         release(plan)
         raise
     return plan
+
+
+def create_cgroup(plan: Plan) -> None:
+    """The sandbox's cgroup with every limit written (run() calls this once the setup child is busy)."""
+    spec = plan.spec
+    if not spec.resources.requested():
+        return
+    from . import cgroups
+    plan.cgroup = cgroups.create(plan.sandbox_id, spec.resources, degrade=spec.degrade)
+    if plan.cgroup is not None and getattr(plan.cgroup, "degraded", None):
+        for d in plan.cgroup.degraded:
+            plan.notes.append(f"degraded: {d} not enforced (profile allows degrade)")
+    plan.features["cgroup"] = cgroups.detect()
 
 
 def _preload(plan: Plan) -> None:
@@ -477,15 +497,16 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
     """Run one sandbox to completion. Raises SbxError for refusals (exit 125)."""
     sid = sandbox_id or os.urandom(32).hex()
     t0 = time.monotonic()
-    plan = prepare(spec, sid)
-    for note in plan.notes:
-        if note.startswith("degraded"):
-            _print(stderr, f"sbx: warning: {note}")
+    if spec.resources.requested():
+        cgwarm.start()  # usually already started by the CLI; the API gets it here
+    try:
+        plan = prepare(spec, sid)
+    except BaseException:
+        cgwarm.stop()
+        raise
     record: dict = {"id": sid, "spec_digest": spec.digest(), "profile": spec.profile, "argv": list(spec.argv),
                     "notes": plan.notes, "features": plan.features, "idmap": plan.idmap.describe(),
                     "started": time.time()}
-    if plan.cgroup is not None:
-        record["cgroup"] = plan.cgroup.describe()
     chan = _Chan()
     parent = os.getpid()
     fwd = _Forwarder()
@@ -504,9 +525,6 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
     timed_out = False
     try:
         try:
-            if plan.cgroup is not None:
-                plan.cgroup.attach(pid)
-            os.write(chan.ctl_w, b"1")
             _expect(chan, buf, "stage", early)
             from . import userns
             userns.write_maps(pid, plan.idmap)
@@ -514,8 +532,22 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
                 plan.net.attach(pid)  # veth into the new net namespace, before anything runs there
                 record["network"] = plan.net.describe()
             os.write(chan.ctl_w, b"2")
+            # Setup forks init and init builds its mounts while we create the cgroup.
+            create_cgroup(plan)
+            if plan.cgroup is not None:
+                record["cgroup"] = plan.cgroup.describe()
+                for note in plan.notes:
+                    if note.startswith("degraded"):
+                        _print(stderr, f"sbx: warning: {note}")
             init_pid = _expect(chan, buf, "init", early)["init"]
             fwd.arm(init_pid)
+            if plan.cgroup is not None:
+                plan.cgroup.attach(pid)
+                plan.cgroup.attach(init_pid)
+            cgwarm.stop()
+            os.write(chan.ctl_w, b"3")
+            if plan.cgroup is not None:
+                _reap_stale_cgroups()  # while the sandbox finishes its setup, not before it starts
             ready = _expect(chan, buf, "ready", early)["ready"]
             record["landlock_abi"] = ready.get("landlock_abi")
             kids = facts.read_children(init_pid)
@@ -563,10 +595,25 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         record.update(exit_code=code, finished=time.time(), timed_out=timed_out, oom_killed=oom)
         return Result(code, sid, record, oom_killed=oom, timed_out=timed_out)
     finally:
+        cgwarm.stop()
         fwd.restore()
         _close(chan.ctl_w)
         _close(chan.status_r)
         release(plan)
+
+
+def _reap_stale_cgroups() -> None:
+    """Remove the cgroups a SIGKILLed sbx left behind.
+
+    Done while init and the workload finish their setup (the parent only waits
+    then) rather than before the start: leftovers never collide with a new
+    sandbox (ids are unique), so nothing needs them gone first.
+    """
+    from . import cgroups
+    try:
+        cgroups.reap_stale()
+    except Exception:  # noqa: BLE001 - housekeeping must not fail a running sandbox
+        pass
 
 
 def _print(stream, text: str) -> None:

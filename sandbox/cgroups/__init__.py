@@ -17,7 +17,7 @@ from ..spec import Resources
 from .base import STALE_AGE, Cgroup, CgroupStats, check_id, read_lock_record, release_lock, rmdir_retry, \
     try_lock, validate
 
-__all__ = ["Cgroup", "CgroupStats", "create", "detect", "open_existing", "reap_stale"]
+__all__ = ["Cgroup", "CgroupStats", "check", "create", "detect", "open_existing", "reap_stale"]
 
 
 _detected: str | None = None
@@ -42,6 +42,12 @@ def _backend():
         return v2
     from . import v1
     return v1
+
+
+def check(sandbox_id: str, res: Resources) -> None:
+    """Refuse a bad id or limit values before any process exists (create() checks again)."""
+    check_id(sandbox_id)
+    validate(res)
 
 
 def create(sandbox_id: str, res: Resources, *, degrade: bool) -> Cgroup | None:
