@@ -77,7 +77,27 @@ def _dispatch(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        # The program itself (console script): skip interpreter finalization, which costs
+        # ~4.5 ms of every `sbx run` (module teardown, GC). sbx registers no atexit work;
+        # open files are closed where they are used, and std streams are flushed here.
+        try:
+            code = _main(sys.argv[1:])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if e.code is not None and not isinstance(e.code, int):
+                sys.stderr.write(f"{e.code}\n")
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                if code == 0 and stream is sys.stdout:
+                    code = 141  # stdout closed under us (a pipe reader went away)
+        os._exit(code)
+    sys.exit(_main(argv))
+
+
+def _main(argv: list[str]) -> int:
     try:
         code = _dispatch(argv)
     except SbxError as e:
@@ -103,4 +123,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"sbx: internal error: {escape(type(e).__name__ + ': ' + str(e))} "
                          "(SBX_DEBUG=1 for a traceback)\n")
         sys.exit(EXIT_REFUSED)
-    sys.exit(code)
+    return code
