@@ -2,8 +2,9 @@
 applied in the workload before the privilege drop."""
 from __future__ import annotations
 
-import resource
+import os
 
+from . import syscalls as sc
 from .errors import SbxError
 from .spec import Rlimit
 
@@ -13,7 +14,7 @@ NAMES = {
     "memlock": 8, "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12, "nice": 13, "rtprio": 14,
     "rttime": 15,
 }
-INF = resource.RLIM_INFINITY
+INF = -1  # unlimited, as the resource module spells it
 
 
 def _k(v: int) -> int:
@@ -29,7 +30,7 @@ def check(limits: tuple[Rlimit, ...]) -> None:
     for rl in limits:
         if rl.name not in NAMES:
             raise SbxError(f"unknown ulimit '{rl.name}' (known: {', '.join(sorted(NAMES))})", where="--ulimit")
-        _, cur_hard = resource.getrlimit(NAMES[rl.name])
+        _, cur_hard = sc.prlimit(NAMES[rl.name])
         soft, hard = _k(rl.soft), _k(rl.hard)
         if soft != INF and hard != INF and soft > hard or (soft == INF and hard != INF):
             raise SbxError(f"ulimit {rl.name}: soft limit {_show(rl.soft)} is above hard limit {_show(rl.hard)}",
@@ -42,6 +43,7 @@ def check(limits: tuple[Rlimit, ...]) -> None:
 def apply(limits: tuple[Rlimit, ...]) -> None:
     for rl in limits:
         try:
-            resource.setrlimit(NAMES[rl.name], (_k(rl.soft), _k(rl.hard)))
-        except (ValueError, OSError) as e:
-            raise SbxError(f"cannot set ulimit {rl.name}={_show(rl.soft)}:{_show(rl.hard)}: {e}") from None
+            sc.prlimit(NAMES[rl.name], (_k(rl.soft), _k(rl.hard)))
+        except OSError as e:
+            raise SbxError(f"cannot set ulimit {rl.name}={_show(rl.soft)}:{_show(rl.hard)}: "
+                           f"{os.strerror(e.errno or 0)}") from None
