@@ -1,6 +1,12 @@
 """P1/P2: cold start of `sbx run --profile strict -- /bin/true` vs bwrap, runc, crun (same run, interleaved),
 and in-process API throughput vs a shell loop of bwrap.
 
+The ratio base is runc with the bundle `runc spec` writes (plus a read-only root and an
+rlimit), as the issue measures it. "runc, strict-equivalent" is also shown for context:
+the same bundle given what sbx's strict profile does on top (user namespace mapping no
+host root, cgroup namespace, uid 65534, no capabilities, no_new_privs, sbx's strict
+seccomp filter, memory/swap/cpu/pids caps).
+
     sudo .venv/bin/python bench/startup.py [--n 30]
 """
 from __future__ import annotations
@@ -21,7 +27,29 @@ BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-b
          "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--cap-drop", "ALL", "/bin/true"]
 
 
-def oci_bundle(d: str, runtime: str) -> str:
+def oci_seccomp(path: str) -> dict:
+    """A Docker-format profile as OCI config.json's linux.seccomp, for a container with no capabilities."""
+    with open(path) as f:
+        doc = json.load(f)
+    arch = os.uname().machine
+    docker_arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(arch, arch)
+    oci_arch = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}.get(arch)
+    rules = []
+    for r in doc["syscalls"]:
+        inc, exc = r.get("includes") or {}, r.get("excludes") or {}
+        if inc.get("caps") or (inc.get("arches") and docker_arch not in inc["arches"]) \
+                or docker_arch in (exc.get("arches") or ()):
+            continue
+        rules.append({k: v for k, v in r.items() if k in ("names", "action", "args", "errnoRet")})
+    out = {"defaultAction": doc["defaultAction"], "syscalls": rules}
+    if "defaultErrnoRet" in doc:
+        out["defaultErrnoRet"] = doc["defaultErrnoRet"]
+    if oci_arch:
+        out["architectures"] = [oci_arch]
+    return out
+
+
+def oci_bundle(d: str, runtime: str, equivalent: bool = False) -> str:
     busybox_rootfs(os.path.join(d, "rootfs"))
     subprocess.run([runtime, "spec"], cwd=d, check=True)
     with open(os.path.join(d, "config.json")) as f:
@@ -30,6 +58,22 @@ def oci_bundle(d: str, runtime: str) -> str:
     cfg["process"]["terminal"] = False
     cfg["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
     cfg["root"]["readonly"] = True
+    if equivalent:
+        os.chmod(d, 0o755)  # the mapped ids must reach the rootfs (TemporaryDirectory is 0700)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cfg["process"]["user"] = {"uid": 65534, "gid": 65534}
+        cfg["process"]["capabilities"] = {k: [] for k in ("bounding", "effective", "permitted", "ambient")}
+        cfg["process"]["noNewPrivileges"] = True
+        cfg["process"]["rlimits"] += [{"type": "RLIMIT_NPROC", "hard": 512, "soft": 512},
+                                      {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}]
+        lx = cfg["linux"]
+        lx["namespaces"] += [{"type": "user"}, {"type": "cgroup"}]
+        lx["uidMappings"] = [{"containerID": 0, "hostID": 3_000_000_000, "size": 65536}]
+        lx["gidMappings"] = [{"containerID": 0, "hostID": 3_000_000_000, "size": 65536}]
+        lx["seccomp"] = oci_seccomp(os.path.join(root, "policies", "seccomp", "strict.json"))
+        lx["resources"] = {**lx.get("resources", {}),
+                           "memory": {"limit": 512 << 20, "swap": 512 << 20},
+                           "cpu": {"quota": 100000, "period": 100000}, "pids": {"limit": 256}}
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f)
     return d
@@ -103,12 +147,15 @@ def main() -> None:
     if not os.path.exists("/usr/bin/time"):
         raise SystemExit("missing /usr/bin/time (apt-get install time)")
     ensure_hugetlb_v1()
-    with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
+    with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2, \
+            tempfile.TemporaryDirectory() as d3:
         cmds = {
             "sbx strict": SBX + ["run", "--profile", "strict", "--", "/bin/true"],
             "bwrap": BWRAP,
             "runc": ["runc", "run", "-b", oci_bundle(d1, "runc"), f"bench-runc-{os.getpid()}"],
             "crun": ["crun", "run", "-b", oci_bundle(d2, "crun"), f"bench-crun-{os.getpid()}"],
+            "runc, strict-equivalent": ["runc", "run", "-b", oci_bundle(d3, "runc", equivalent=True),
+                                        f"bench-runc-eq-{os.getpid()}"],
         }
         res = interleaved(cmds, a.n)
         rss = {k: peak_rss_kib(v) for k, v in cmds.items()}
