@@ -1,12 +1,17 @@
 """Launch orchestration: the whole sandbox start, stage by stage.
 
-Process tree (host view):
+Process tree (host view), as with runc under conmon:
 
     sbx (parent: cgroup, id maps, verification, wait)
-     └─ setup   (unshares every namespace but cgroup; waits for its init; relays the exit status)
-         └─ init   (pid 1 inside: mounts, hostname, network; once attached to the cgroup,
-             │      a new cgroup namespace; then reaps and forwards signals)
-             └─ workload (rlimits → Landlock → MAC → caps/uid → no_new_privs → seccomp → parked → execve)
+     └─ init   (pid 1 inside: mounts, hostname, network; once attached to the cgroup,
+         │      a new cgroup namespace; then reaps and forwards signals)
+         └─ workload (rlimits → Landlock → MAC → caps/uid → no_new_privs → seccomp → parked → execve)
+
+Init comes from a short-lived setup child: it unshares every namespace but
+cgroup (a new pid namespace only applies to the unsharer's children), switches
+to the namespace's root, forks init and exits. sbx is a child subreaper while
+that happens, so init is re-parented to sbx; sbx waits for init directly, and
+no third Python process lives as long as the sandbox.
 
 The sandbox's cgroup is created and setup+init attached while init builds its
 mounts: the first cgroup.procs write can wait a full RCU grace period in the
@@ -21,6 +26,7 @@ from /proc and only then lets it exec (fail closed).
 """
 from __future__ import annotations
 
+import _thread
 import marshal
 import os
 import select
@@ -162,33 +168,27 @@ def _setup_child(plan: Plan, chan: _Chan, parent: int) -> None:
             signal.signal(s, signal.SIG_IGN)
         pid = os.fork()
         if pid == 0:
-            # Init's parent lives outside the new pid namespace, where getppid() reads 0.
-            _init_child(plan, chan, sources, 0)
+            _init_child(plan, chan, sources)
         sources.close()
         chan.send({"init": pid})
-        _close(chan.status_w)
-        _close(chan.ctl_r)
-        from .initproc import status_to_code
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-        os._exit(status_to_code(status))
+        os._exit(0)  # init is re-parented to sbx (a subreaper now), which waits for it
     except BaseException as e:  # noqa: BLE001 - a child must never unwind into the caller
         _die(chan, e, stage)
 
 
-def _init_child(plan: Plan, chan: _Chan, sources, parent: int) -> None:
-    """pid 1 of the sandbox. Never returns."""
+def _init_child(plan: Plan, chan: _Chan, sources) -> None:
+    """pid 1 of the sandbox. Never returns.
+
+    No parent-death signal until token 3: the setup process that forked us exits
+    right away, and a parent-death signal would fire then. Until token 3, the
+    end of sbx shows as EOF on the control pipe (wait_token exits on it).
+    """
     from . import caps, mounts, net
     from .initproc import prepare_signals, run_init
 
     stage = "init"
     spec = plan.spec
     try:
-        _pdeathsig(parent)
         import prctl
         # The workload can read pid 1's cmdline: show a name, not the host's sbx command line.
         prctl.set_name("sbx-init")
@@ -203,7 +203,10 @@ def _init_child(plan: Plan, chan: _Chan, sources, parent: int) -> None:
         stage = "network"
         net.setup_inside(spec.network)
         prepare_signals()
-        chan.wait_token(b"3")  # parent has put setup and us in the sandbox's cgroup
+        chan.wait_token(b"3")  # sbx adopted us (setup is reaped) and put us in the sandbox's cgroup
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # sbx is our parent now
+        if select.select([chan.ctl_r], [], [], 0)[0]:
+            os._exit(EXIT_REFUSED)  # EOF: sbx died between the token and the line above
         stage = "cgroup namespace"
         sc.unshare(sc.CLONE_NEWCGROUP)
         pid = os.fork()
@@ -510,39 +513,44 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
     chan = _Chan()
     parent = os.getpid()
     fwd = _Forwarder()
+    _subreaper(True)
     try:
-        pid = os.fork()
+        setup_pid = os.fork()
     except OSError as e:
+        _subreaper(False)
         fwd.restore()
         release(plan)
         raise SbxError(f"fork failed: {e.strerror}") from None
-    if pid == 0:
+    if setup_pid == 0:
         _setup_child(plan, chan, parent)
     chan.parent_close()
     buf = bytearray()
     early: list[dict] = []
     init_pid = workload_pid = None
+    setup_alive = True
     timed_out = False
     try:
         try:
             _expect(chan, buf, "stage", early)
             from . import userns
-            userns.write_maps(pid, plan.idmap)
+            userns.write_maps(setup_pid, plan.idmap)
             if plan.net is not None:
-                plan.net.attach(pid)  # veth into the new net namespace, before anything runs there
+                plan.net.attach(setup_pid)  # veth into the new net namespace, before anything runs there
                 record["network"] = plan.net.describe()
             os.write(chan.ctl_w, b"2")
-            # Setup forks init and init builds its mounts while we create the cgroup.
+            init_pid = _expect(chan, buf, "init", early)["init"]
+            _reap(setup_pid)  # setup exits right after forking init, which is now re-parented to us
+            setup_alive = False
+            _subreaper(False)
+            fwd.arm(init_pid)
+            # Init builds its mounts while we create the cgroup; it waits for token 3 before any workload.
             create_cgroup(plan)
             if plan.cgroup is not None:
                 record["cgroup"] = plan.cgroup.describe()
                 for note in plan.notes:
                     if note.startswith("degraded"):
                         _print(stderr, f"sbx: warning: {note}")
-            init_pid = _expect(chan, buf, "init", early)["init"]
-            fwd.arm(init_pid)
             if plan.cgroup is not None:
-                plan.cgroup.attach(pid)
                 plan.cgroup.attach(init_pid)
             cgwarm.stop()
             os.write(chan.ctl_w, b"3")
@@ -567,17 +575,25 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         except _ExecError as e:
             code = e.msg.get("code", EXIT_NOT_EXECUTABLE)
             _print(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get('exec_error')}")
-            _reap(pid)
+            _reap(init_pid)
             record.update(exit_code=code, finished=time.time())
             return Result(code, sid, record)
         except BaseException:
-            _kill_tree(pid, plan)
-            _reap(pid)
+            # Setup forks init only after token 2 and reports it at once, so an init we do not
+            # know of can only exist if setup died mid-report; it then exits on the pipe's EOF.
+            for p in (init_pid, setup_pid if setup_alive else None):
+                if p is not None:
+                    _kill_tree(p, plan)
+            if setup_alive:
+                _reap(setup_pid)
+                _subreaper(False)
+            if init_pid is not None:
+                _reap(init_pid)  # ours by now: setup is gone and we were its subreaper
             raise
         record["startup_ms"] = round((time.monotonic() - t0) * 1000, 2)
         if on_started is not None:
-            on_started(sid, pid, init_pid, workload_pid, record=record)
-        status, timed_out = _wait(pid, spec.timeout, plan)
+            on_started(sid, init_pid, workload_pid, record=record)
+        status, timed_out = _wait(init_pid, spec.timeout, plan)
         from .initproc import status_to_code
         code = EXIT_TIMEOUT if timed_out else status_to_code(status)
         oom = False
@@ -628,7 +644,7 @@ def _print(stream, text: str) -> None:
 
 
 def _kill_tree(pid: int, plan: Plan) -> None:
-    # SIGKILL on the setup child takes init (parent-death signal), and init's death the whole pid ns.
+    # SIGKILL on init takes the whole pid namespace with it.
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -638,6 +654,35 @@ def _kill_tree(pid: int, plan: Plan) -> None:
             plan.cgroup.kill_all()
         except Exception:  # noqa: BLE001
             pass
+
+
+_reaper = {"users": 0, "was_set": False}
+_reaper_lock = _thread.allocate_lock()
+
+
+def _subreaper(on: bool) -> None:
+    """Be a child subreaper while some run() is between forking setup and adopting its init.
+
+    Counted, for concurrent run() calls from several threads; a process that was
+    a subreaper already (a service manager, say) is left as it was.
+    """
+    with _reaper_lock:
+        before = _reaper["users"]
+        after = max(0, before + (1 if on else -1))
+        _reaper["users"] = after
+        if before == 0 and after > 0:
+            _reaper["was_set"] = _is_subreaper()
+            if not _reaper["was_set"]:
+                sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        elif before > 0 and after == 0 and not _reaper["was_set"]:
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 0)
+
+
+def _is_subreaper() -> bool:
+    import ctypes
+    val = ctypes.c_int(0)
+    sc.libc().prctl(ctypes.c_int(sc.PR_GET_CHILD_SUBREAPER), ctypes.byref(val), 0, 0, 0)
+    return bool(val.value)
 
 
 def _reap(pid: int) -> int:

@@ -4,7 +4,7 @@
      └─ (intermediate, setsid, exits)         so the supervisor is re-parented and has no terminal
          └─ sbx-supervisor                    launch.run(spec): parent of the sandbox, holds its locks
              ├─ log pump thread               the workload's stdout/stderr pipes -> sandbox.log (rotated)
-             └─ setup -> init -> workload      (launch.py's tree)
+             └─ init -> workload               (launch.py's tree)
 
 The supervisor holds <dir>/supervisor.lock for its whole life: if it is killed
 the lock frees, `ps` shows the entry as exited and `rm` cleans it (the sandbox
@@ -286,11 +286,11 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
                  paused_total=0.0, error=drop, pid=drop, init_pid=drop, init_start=drop, timed_out=drop)
     started = {}
 
-    def on_started(_sid, setup_pid, init_pid, workload_pid, record=None):
+    def on_started(_sid, init_pid, workload_pid, record=None):
         record = record if isinstance(record, dict) else {}
         started["t"] = time.time()
         state.update(sid, status=state.RUNNING, pid=workload_pid, init_pid=init_pid,
-                     init_start=_starttime(init_pid), setup_pid=setup_pid, started_at=started["t"],
+                     init_start=_starttime(init_pid), started_at=started["t"],
                      verification=record.get("verification"), cgroup=record.get("cgroup"),
                      idmap=record.get("idmap"), notes=record.get("notes"), features=record.get("features"),
                      startup_ms=record.get("startup_ms"), lsm_label=record.get("lsm_label"),
