@@ -189,10 +189,9 @@ def _init_child(plan: Plan, chan: _Chan, sources) -> None:
     stage = "init"
     spec = plan.spec
     try:
-        import prctl
         # The workload can read pid 1's cmdline: show a name, not the host's sbx command line.
-        prctl.set_name("sbx-init")
-        prctl.set_proctitle("sbx-init")
+        sc.set_name("sbx-init")
+        sc.set_cmdline("sbx-init")
         # The sandbox's files and the workload get docker's umask, not whatever the caller had
         # (a 077 caller would leave the new root untraversable for the workload's uid).
         os.umask(0o022)
@@ -365,7 +364,6 @@ def _preload(plan: Plan) -> None:
     installation (it may live under a 0700 home, and is not in the new root),
     so a lazy import there would fail.
     """
-    import prctl  # noqa: F401 - used by caps in the workload
     from . import caps, initproc, mounts, net, rlimits  # noqa: F401
     if plan.seccomp_bpf is not None:
         from . import seccomp  # noqa: F401

@@ -248,7 +248,7 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
     # under it (a 077 umask makes them untraversable for the sandbox uid). State files set their own modes.
     os.chdir("/")
     try:
-        sc.prctl(sc.PR_SET_NAME, int.from_bytes(b"sbx-supervisor\0", "little"))
+        sc.set_name("sbx-supervisor")
     except Exception:  # noqa: BLE001 - cosmetic
         pass
     report = {"fd": report_fd}

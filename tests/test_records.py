@@ -81,6 +81,6 @@ def test_run_hot_path_imports_none_of_the_heavy_modules():
     code = ("import sys; from sandbox import cmd_run, speccache, launch, verify, cgroups, mounts, caps, seccomp, "
             "landlock, net, initproc, rlimits, userns; "
             "print(' '.join(sorted(m for m in ('dataclasses', 'json', 're', 'enum', 'typing', 'inspect', "
-            "'socket', '_socket', 'resource', 'signal', 'threading', 'traceback', 'importlib.util', 'click', 'yaml') if m in sys.modules)))")
+            "'socket', '_socket', 'resource', 'signal', 'threading', 'traceback', 'importlib.util', 'click', 'yaml', 'prctl') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"heavy modules imported on the run path: {out}"

@@ -254,9 +254,13 @@ def test_rootfs_mode_pivots_into_the_directory(tmp_path):
 
 def test_sandbox_init_keeps_only_cap_kill_and_is_not_readable_by_the_workload():
     p = run_sh("grep -E '^(CapEff|CapBnd|CapInh|CapAmb|NoNewPrivs):' /proc/1/status; "
+               "echo \"cmdline:$(tr '\\0' ' ' < /proc/1/cmdline | tr -s ' ')\"; "
                "cat /proc/1/environ >/dev/null 2>&1 && echo environ-readable || echo environ-denied")
     assert p.returncode == 0, p.stderr
-    st = dict(l.split(":", 1) for l in p.stdout.strip().splitlines()[:-1])
+    lines = p.stdout.strip().splitlines()
+    # pid 1's command line is a name, not sbx's host command line (paths, flags, profile files).
+    assert [l for l in lines if l.startswith("cmdline:")] == ["cmdline:sbx-init "], lines
+    st = dict(l.split(":", 1) for l in lines[:-1] if not l.startswith("cmdline:"))
     assert int(st["CapEff"], 16) == 1 << 5 and int(st["CapBnd"], 16) == 1 << 5  # CAP_KILL only
     assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
     assert st["NoNewPrivs"].strip() == "1"
