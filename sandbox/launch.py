@@ -8,8 +8,8 @@ Process tree (host view), as with runc under conmon:
          └─ workload (rlimits → Landlock → MAC → caps/uid → no_new_privs → seccomp → parked → execve)
 
 Init comes from a short-lived setup child: it unshares every namespace but
-cgroup (a new pid namespace only applies to the unsharer's children), switches
-to the namespace's root, forks init and exits. sbx is a child subreaper while
+cgroup (a new pid namespace only applies to the unsharer's children), forks
+init and exits; init waits for its id maps and switches to the namespace's root. sbx is a child subreaper while
 that happens, so init is re-parented to sbx; sbx waits for init directly, and
 no third Python process lives as long as the sandbox.
 
@@ -139,13 +139,13 @@ def _pdeathsig(expected_parent: int) -> None:
 
 
 def _setup_child(plan: Plan, chan: _Chan, parent: int) -> None:
-    """First child: still in the host pid namespace. Never returns."""
-    from . import mounts
-
+    """First child: still in the host pid namespace. Unshares, forks init, exits. Never returns."""
     stage = "setup"
     try:
         for sig in _FORWARD:
             signal.signal(sig, signal.SIG_DFL)  # not sbx's forwarding handlers
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
+            signal.signal(sig, signal.SIG_IGN)  # inherited by init, which sets its own
         chan.child_close()
         _pdeathsig(parent)
         flags = 0
@@ -154,29 +154,17 @@ def _setup_child(plan: Plan, chan: _Chan, parent: int) -> None:
                 flags |= sc.NS_FLAGS[ns]
         stage = "unshare"
         sc.unshare(flags)
-        chan.send({"stage": "unshared"})
-        chan.wait_token(b"2")  # parent wrote uid_map/gid_map
-        stage = "open sources"
-        sources = mounts.open_sources(plan.spec)  # before the id switch: the invoker's access rights
-        stage = "id switch"
-        if not plan.idmap.rootless:
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
-            os.setgroups([])
-        _pdeathsig(parent)  # the uid change cleared it
-        for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
-            signal.signal(s, signal.SIG_IGN)
-        pid = os.fork()
+        stage = "fork init"
+        pid = os.fork()  # pid 1 of the new pid namespace; it waits for its id maps itself
         if pid == 0:
-            _init_child(plan, chan, sources)
-        sources.close()
+            _init_child(plan, chan)
         chan.send({"init": pid})
         os._exit(0)  # init is re-parented to sbx (a subreaper now), which waits for it
     except BaseException as e:  # noqa: BLE001 - a child must never unwind into the caller
         _die(chan, e, stage)
 
 
-def _init_child(plan: Plan, chan: _Chan, sources) -> None:
+def _init_child(plan: Plan, chan: _Chan) -> None:
     """pid 1 of the sandbox. Never returns.
 
     No parent-death signal until token 3: the setup process that forked us exits
@@ -195,6 +183,14 @@ def _init_child(plan: Plan, chan: _Chan, sources) -> None:
         # The sandbox's files and the workload get docker's umask, not whatever the caller had
         # (a 077 caller would leave the new root untraversable for the workload's uid).
         os.umask(0o022)
+        chan.wait_token(b"2")  # sbx wrote our uid/gid maps
+        stage = "open sources"
+        sources = mounts.open_sources(spec)  # before the id switch: the invoker's access rights
+        stage = "id switch"
+        if not plan.idmap.rootless:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            os.setgroups([])
         stage = "hostname"
         sc.sethostname(spec.hostname)
         stage = "mounts"
@@ -529,14 +525,13 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
     timed_out = False
     try:
         try:
-            _expect(chan, buf, "stage", early)
+            init_pid = _expect(chan, buf, "init", early)["init"]  # setup unshared and forked init
             from . import userns
-            userns.write_maps(setup_pid, plan.idmap)
+            userns.write_maps(init_pid, plan.idmap)
             if plan.net is not None:
-                plan.net.attach(setup_pid)  # veth into the new net namespace, before anything runs there
+                plan.net.attach(init_pid)  # veth into the new net namespace, before anything runs there
                 record["network"] = plan.net.describe()
             os.write(chan.ctl_w, b"2")
-            init_pid = _expect(chan, buf, "init", early)["init"]
             _reap(setup_pid)  # setup exits right after forking init, which is now re-parented to us
             setup_alive = False
             _subreaper(False)
