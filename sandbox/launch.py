@@ -9,15 +9,18 @@ Process tree (host view), as with runc under conmon:
 
 Init comes from a short-lived setup child: it unshares every namespace but
 cgroup (a new pid namespace only applies to the unsharer's children), forks
-init and exits; init waits for its id maps and switches to the namespace's root. sbx is a child subreaper while
-that happens, so init is re-parented to sbx; sbx waits for init directly, and
+init and exits; init waits for its id maps and switches to the namespace's
+root. sbx is a child subreaper while that happens, so init is re-parented to sbx; sbx waits for init directly, and
 no third Python process lives as long as the sandbox.
 
-The sandbox's cgroup is created and setup+init attached while init builds its
-mounts: the first cgroup.procs write can wait a full RCU grace period in the
-kernel (see cgwarm), and this way the sandbox's own setup runs meanwhile. Init
-forks the workload only after the attach, so nothing of the workload ever runs
-outside its cgroup, and its cgroup namespace is rooted at the sandbox's cgroup.
+The sandbox's cgroup is created and init and the workload attached while init
+builds its mounts: the first cgroup.procs write can wait a full RCU grace period
+in the kernel (see cgwarm), and this way the sandbox's own setup runs meanwhile.
+Init forks the workload before its mounts, parked on a pipe (a forked
+interpreter's first steps are page faults; they overlap the mounts), and lets it
+go only after the attach and init's new cgroup namespace (rooted at the
+sandbox's cgroup), which the workload joins. Nothing of the workload runs
+outside its cgroup.
 
 Setup is synchronised with pipes, never sleeps. Children never return into the
 caller's Python stack: every path ends in os._exit, errors travel to the parent
@@ -191,26 +194,46 @@ def _init_child(plan: Plan, chan: _Chan) -> None:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
             os.setgroups([])
+        # Dumpable until confine_init, so the workload can open our /proc/1/ns/cgroup to join it
+        # (after a uid switch our /proc files would be the host root's). Only sbx's own code runs
+        # in the sandbox before then, and sbx checks that init is not dumpable before any exec.
+        sc.prctl(sc.PR_SET_DUMPABLE, 1)
         stage = "hostname"
         sc.sethostname(spec.hostname)
+        # The workload is forked now, parked on a pipe of ours: its start after fork (page faults
+        # of a forked interpreter) overlaps our mounts. pivot_root moves its root and cwd with ours.
+        prepare_signals()
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)  # init -> workload: root built, cgroup attached
+        ns_r, ns_w = os.pipe2(os.O_CLOEXEC)  # workload -> init: it joined our cgroup namespace
+        stage = "fork workload"
+        pid = os.fork()
+        if pid == 0:
+            for fd in (go_w, ns_r):
+                _close(fd)
+            sources.close()  # O_PATH fds into the host's tree: never in the workload
+            _workload(plan, chan, go_r, ns_w)
+        _close(go_r)
+        _close(ns_w)
+        chan.send({"workload": "forked"})  # sbx finds its host pid as our one child
         stage = "mounts"
         mounts.setup(spec, sources, rootless=plan.idmap.rootless)
         stage = "network"
         net.setup_inside(spec.network)
-        prepare_signals()
-        chan.wait_token(b"3")  # sbx adopted us (setup is reaped) and put us in the sandbox's cgroup
+        chan.wait_token(b"3")  # sbx adopted us (setup is reaped), put us and the workload in the cgroup
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # sbx is our parent now
         if select.select([chan.ctl_r], [], [], 0)[0]:
             os._exit(EXIT_REFUSED)  # EOF: sbx died between the token and the line above
         stage = "cgroup namespace"
-        sc.unshare(sc.CLONE_NEWCGROUP)
-        pid = os.fork()
-        if pid == 0:
-            _workload(plan, chan)
-        _close(chan.status_w)
+        sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the sandbox's cgroup; the workload joins it
+        os.write(go_w, b"g")
+        _close(go_w)
         _close(chan.ctl_r)
+        os.read(ns_r, 1)  # the workload joined (or died: EOF); it needed us dumpable until now
+        _close(ns_r)
         stage = "init privileges"
         caps.confine_init()
+        chan.send({"confined": "init"})  # sbx lets the workload exec only after this
+        _close(chan.status_w)
         os._exit(run_init(pid))
     except BaseException as e:  # noqa: BLE001
         _die(chan, e, stage)
@@ -230,10 +253,31 @@ def _resolve_exe(argv0: str, env: dict[str, str]) -> str:
     raise FileNotFoundError(argv0)
 
 
-def _workload(plan: Plan, chan: _Chan) -> None:
-    """The workload process. Never returns."""
+def _workload(plan: Plan, chan: _Chan, go_r: int, ns_w: int) -> None:
+    """The workload process. Never returns.
+
+    Forked by init before its mounts; waits until init has built the root, sbx has
+    put this process in the sandbox's cgroup and init has the sandbox's cgroup
+    namespace (rooted there), joins that namespace, tells init, and confines itself.
+    """
     spec = plan.spec
-    confine_and_exec(plan, chan, list(spec.argv), spec.env_dict(), spec.cwd, rootless=plan.idmap.rootless)
+    stage = "workload"
+    try:
+        env = spec.env_dict()
+        if os.read(go_r, 1) != b"g":
+            os._exit(EXIT_REFUSED)  # init failed or was killed: never continue half set up
+        _close(go_r)
+        stage = "cgroup namespace"
+        fd = os.open("/proc/1/ns/cgroup", os.O_RDONLY | os.O_CLOEXEC)  # the sandbox's /proc: 1 is init
+        try:
+            sc.setns(fd, sc.CLONE_NEWCGROUP)
+        finally:
+            os.close(fd)
+        os.write(ns_w, b"j")
+        _close(ns_w)
+    except BaseException as e:  # noqa: BLE001
+        _die(chan, e, stage)
+    confine_and_exec(plan, chan, list(spec.argv), env, spec.cwd, rootless=plan.idmap.rootless)
 
 
 def confine_and_exec(plan: Plan, chan: _Chan, argv: list[str], env: dict[str, str], cwd: str, *,
@@ -457,9 +501,26 @@ def _expect(chan: _Chan, buf: bytearray, key: str, early: list[dict]) -> dict:
             raise _ExecError(msg)
         if key in msg:
             return msg
-        if not any(k in msg for k in ("stage", "init", "ready")):
+        if not any(k in msg for k in ("stage", "init", "workload", "ready", "confined")):
             raise SbxError(f"sandbox setup sent an unknown message {sorted(msg)}")
         early.append(msg)
+
+
+def _check_init(init_pid: int) -> None:
+    """Fail closed on init too: before the workload may exec, read back that init kept only
+    CAP_KILL, has no_new_privs and is not dumpable (its /proc files are the host root's)."""
+    from .facts import CAP_NUMBERS
+    st = facts.read_status(init_pid)
+    kill = 1 << CAP_NUMBERS["KILL"]
+    problems = []
+    if st.cap_eff & ~kill or st.cap_prm & ~kill or st.cap_bnd & ~kill or st.cap_inh or st.cap_amb:
+        problems.append(f"init keeps capabilities beyond CAP_KILL (eff {st.cap_eff:#x}, bnd {st.cap_bnd:#x})")
+    if st.no_new_privs != 1:
+        problems.append("init has no no_new_privs")
+    if os.stat(f"/proc/{init_pid}/mem").st_uid != 0:
+        problems.append("init is dumpable")
+    if problems:
+        raise VerifyError("verification failed, workload killed before exec: " + "; ".join(problems))
 
 
 def release_and_confirm(chan: _Chan, buf: bytearray, plan: Plan, pid: int, what: str) -> str | None:
@@ -543,8 +604,14 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
                 for note in plan.notes:
                     if note.startswith("degraded"):
                         _print(stderr, f"sbx: warning: {note}")
+            _expect(chan, buf, "workload", early)
+            kids = facts.read_children(init_pid)  # host pids; init knows only its own namespace's
+            if len(kids) != 1:
+                raise VerifyError(f"expected one workload process under the sandbox init, found {kids}")
+            workload_pid = kids[0]
             if plan.cgroup is not None:
                 plan.cgroup.attach(init_pid)
+                plan.cgroup.attach(workload_pid)  # forked before init was attached
             cgwarm.stop()
             os.write(chan.ctl_w, b"3")
             if plan.cgroup is not None:
@@ -552,9 +619,9 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             ready = _expect(chan, buf, "ready", early)["ready"]
             record["landlock_abi"] = ready.get("landlock_abi")
             kids = facts.read_children(init_pid)
-            if len(kids) != 1:
-                raise VerifyError(f"expected one workload process under the sandbox init, found {kids}")
-            workload_pid = kids[0]
+            if kids != [workload_pid]:
+                raise VerifyError(f"expected one workload process ({workload_pid}) under the sandbox init, "
+                                  f"found {kids}")
             f = facts.read(workload_pid, host_pid=parent)
             from .verify import check
             v = check(spec, f, host_uid=plan.idmap.host_uid(spec.uid), host_gid=plan.idmap.host_gid(spec.gid),
@@ -562,6 +629,8 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             record["verification"] = v.to_dict()
             if not v.ok:
                 raise VerifyError("verification failed, workload killed before exec: " + "; ".join(v.problems))
+            _expect(chan, buf, "confined", early)
+            _check_init(init_pid)
             label = release_and_confirm(chan, buf, plan, workload_pid, "workload")
             if plan.mac is not None:
                 record["lsm_label"] = label
@@ -572,8 +641,8 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             record.update(exit_code=code, finished=time.time())
             return Result(code, sid, record)
         except BaseException:
-            # Setup forks init only after token 2 and reports it at once, so an init we do not
-            # know of can only exist if setup died mid-report; it then exits on the pipe's EOF.
+            # Setup reports init's pid right after forking it, so an init we do not know of can
+            # only exist if setup died mid-report; it then exits on the pipe's EOF.
             for p in (init_pid, setup_pid if setup_alive else None):
                 if p is not None:
                     _kill_tree(p, plan)

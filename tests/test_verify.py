@@ -27,6 +27,8 @@ def _run_with_broken_stage(stage: str, marker: str, q) -> None:
     elif stage == "seccomp":
         from sandbox import seccomp
         seccomp.install = lambda bpf: None
+    elif stage == "init":
+        caps.confine_init = lambda: None  # init would keep its full capability set and stay dumpable
     elif stage == "readonly":
         from sandbox.records import replace
         import sandbox.mounts as m
@@ -49,6 +51,7 @@ def _run_with_broken_stage(stage: str, marker: str, q) -> None:
     ("nnp", "no_new_privs"),
     ("seccomp", "seccomp"),
     ("readonly", "read-only root"),
+    ("init", "init keeps capabilities"),
 ])
 def test_missing_control_kills_workload_before_exec(tmp_path, stage, needle):
     os.chmod(tmp_path, 0o777)
