@@ -357,6 +357,14 @@ def _orphan(attach_self: bool) -> tuple[str, int]:
                     # exec like a real workload: the close-on-exec lock fd goes away with it
                     os.execv("/bin/sleep", ["sleep", "60"])
                 cg.attach(kid)
+                # Until its exec, the kid still holds the creator's lock fd (close-on-exec):
+                # report only once it is the orphaned workload a reaper would find.
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    with open(f"/proc/{kid}/comm") as f:
+                        if f.read().strip() == "sleep":
+                            break
+                    time.sleep(0.005)
             os.write(w, sid.encode() + b"\n")
             time.sleep(60)
         finally:
