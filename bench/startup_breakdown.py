@@ -7,7 +7,7 @@ CLOCK_MONOTONIC (time.perf_counter) and sends its marks over an inherited pipe,
 so one timeline covers all four processes. Nothing in sbx is changed: the
 wrappers are installed from outside, as a profiler would.
 
-    sudo .venv/bin/python bench/startup_breakdown.py [--n 20]
+    sudo .venv/bin/python bench/startup_breakdown.py [--n 20] [--imports 15]
 
 Prints, per stage, the median start offset from the exec of the interpreter and
 the median duration. Stages on different processes overlap (that is the point
@@ -145,6 +145,30 @@ def one_run() -> dict[str, tuple[float, float, str]]:
     return {k: ((t0 - t_exec) * 1000, dt * 1000, where) for k, (t0, dt, where) in out.items()}
 
 
+def slowest_imports(top: int) -> list[tuple[str, float, float]]:
+    """(module, self ms, cumulative ms) of the run path's imports, from `python -X importtime`, median of 5."""
+    import statistics
+    import subprocess
+    code = "import " + ", ".join(RUN_MODULES)
+    startup = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True,
+                             check=True).stderr
+    already = {line.split("|")[2].strip() for line in startup.splitlines() if line.count("|") == 2}
+    runs: list[dict[str, tuple[float, float]]] = []
+    for _ in range(5):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                           cwd=ROOT, check=True)
+        got = {}
+        for line in p.stderr.splitlines():
+            if not line.startswith("import time:") or "|" not in line or "self [us]" in line:
+                continue
+            self_us, cum_us, name = line[len("import time:"):].split("|")
+            got[name.strip()] = (int(self_us) / 1000, int(cum_us) / 1000)
+        runs.append(got)
+    names = set.intersection(*(set(r) for r in runs)) - already  # interpreter start-up is its own row
+    rows = [(n, statistics.median(r[n][0] for r in runs), statistics.median(r[n][1] for r in runs)) for n in names]
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--measure":
         _child_main(int(sys.argv[2]), float(sys.argv[3]))
@@ -155,6 +179,7 @@ def main() -> None:
     from bench.common import table
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--imports", type=int, default=15, help="also list the N slowest imports (0: no)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the strict profile's cgroup caps need it)")
@@ -168,6 +193,11 @@ def main() -> None:
                      f"{statistics.median(g[1] for g in got):.2f}"))
     print(f"sbx run --profile strict -- /bin/true: stage timeline, median of {a.n} (ms from exec)")
     print(table(rows, ("stage", "process", "starts at", "takes")))
+    if a.imports:
+        print()
+        print("slowest imports of the run path (python -X importtime, median of 5; its own overhead inflates them)")
+        print(table([(n, f"{s:.2f}", f"{c:.2f}") for n, s, c in slowest_imports(a.imports)],
+                    ("module", "self ms", "cumulative ms")))
 
 
 if __name__ == "__main__":
