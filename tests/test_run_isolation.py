@@ -265,3 +265,13 @@ def test_sandbox_init_keeps_only_cap_kill_and_is_not_readable_by_the_workload():
     assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
     assert st["NoNewPrivs"].strip() == "1"
     assert p.stdout.strip().endswith("environ-denied")
+
+
+def test_workload_inherits_only_stdio_even_with_binds(tmp_path):
+    """The workload is forked before init's mounts, while init holds O_PATH fds of the bind
+    sources (host paths): none of them, nor any pipe of sbx's, may reach the workload."""
+    src = tmp_path / "src"
+    src.mkdir()
+    p = run_sh("ls /proc/$$/fd | tr '\\n' ' '", "-v", f"{src}:/mnt/src:ro")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["0", "1", "2"], p.stdout
