@@ -267,11 +267,33 @@ def test_sandbox_init_keeps_only_cap_kill_and_is_not_readable_by_the_workload():
     assert p.stdout.strip().endswith("environ-denied")
 
 
-def test_workload_inherits_only_stdio_even_with_binds(tmp_path):
-    """The workload is forked before init's mounts, while init holds O_PATH fds of the bind
-    sources (host paths): none of them, nor any pipe of sbx's, may reach the workload."""
+def test_parked_workload_holds_no_bind_source_fd(tmp_path):
+    """The workload is forked while init holds O_PATH fds of the bind sources (host paths).
+    Read its fds while it is parked before exec (at verification): none may name a source.
+    After exec nothing beyond stdio is left either."""
+    from tests.forked import in_child
+
     src = tmp_path / "src"
     src.mkdir()
-    p = run_sh("ls /proc/$$/fd | tr '\\n' ' '", "-v", f"{src}:/mnt/src:ro")
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["0", "1", "2"], p.stdout
+
+    def attempt() -> dict:
+        from sandbox import launch, resolve, verify
+        seen: list[str] = []
+        orig = verify.check
+
+        def check(spec, f, **kw):
+            fd_dir = f"/proc/{f.pid}/fd"
+            seen.extend(os.readlink(os.path.join(fd_dir, n)) for n in os.listdir(fd_dir))
+            return orig(spec, f, **kw)
+        verify.check = check
+        spec = resolve(["/bin/sh", "-c", "ls /proc/$$/fd | tr '\\n' ' ' > /out/fds"], profile=PROFILE,
+                       volume=[f"{src}:/out:rw"])
+        return {"code": launch.run(spec).exit_code, "seen": seen}
+
+    os.chmod(tmp_path, 0o755)
+    os.chmod(src, 0o777)
+    got = in_child(attempt)
+    assert got.get("code") == 0, got
+    assert got["seen"], "verification did not run"
+    assert not [l for l in got["seen"] if l.startswith(str(tmp_path))], got["seen"]
+    assert (src / "fds").read_text().split() == ["0", "1", "2"]
