@@ -70,7 +70,8 @@ def test_sandbox_tree_is_sbx_then_init_then_workload():
         kids: list[int] = []
         while time.monotonic() < deadline:
             kids = _children(p.pid)
-            if len(kids) == 1 and _comm(kids[0]) == "sbx-init" and _children(kids[0]):
+            # the workload is forked before exec (named like init until then): wait for the exec
+            if len(kids) == 1 and [_comm(k) for k in _children(kids[0])] == ["sleep"]:
                 break
             time.sleep(0.05)
         assert [_comm(k) for k in kids] == ["sbx-init"], kids
