@@ -10,8 +10,9 @@ Process tree (host view), as with runc under conmon:
 Init comes from a short-lived setup child: it unshares every namespace but
 cgroup (a new pid namespace only applies to the unsharer's children), forks
 init and exits; init waits for its id maps and switches to the namespace's
-root. sbx is a child subreaper while that happens, so init is re-parented to sbx; sbx waits for init directly, and
-no third Python process lives as long as the sandbox.
+root. sbx is a child subreaper while that happens, so init is re-parented to
+sbx; sbx waits for init directly, and no third Python process lives as long as
+the sandbox.
 
 The sandbox's cgroup is created and init and the workload attached while init
 builds its mounts: the first cgroup.procs write can wait a full RCU grace period
@@ -597,7 +598,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             setup_alive = False
             _subreaper(False)
             fwd.arm(init_pid)
-            # Init builds its mounts while we create the cgroup; it waits for token 3 before any workload.
+            # Init builds its mounts while we create the cgroup; its workload waits for token 3.
             create_cgroup(plan)
             if plan.cgroup is not None:
                 record["cgroup"] = plan.cgroup.describe()
