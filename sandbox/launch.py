@@ -511,14 +511,18 @@ def _check_init(init_pid: int) -> None:
     """Fail closed on init too: before the workload may exec, read back that init kept only
     CAP_KILL, has no_new_privs and is not dumpable (its /proc files are the host root's)."""
     from .facts import CAP_NUMBERS
-    st = facts.read_status(init_pid)
+    try:
+        st = facts.read_status(init_pid)
+        mem_owner = os.stat(f"/proc/{init_pid}/mem").st_uid
+    except (OSError, facts.ProcessGone):
+        raise VerifyError("verification failed, workload killed before exec: the sandbox's init is gone") from None
     kill = 1 << CAP_NUMBERS["KILL"]
     problems = []
     if st.cap_eff & ~kill or st.cap_prm & ~kill or st.cap_bnd & ~kill or st.cap_inh or st.cap_amb:
         problems.append(f"init keeps capabilities beyond CAP_KILL (eff {st.cap_eff:#x}, bnd {st.cap_bnd:#x})")
     if st.no_new_privs != 1:
         problems.append("init has no no_new_privs")
-    if os.stat(f"/proc/{init_pid}/mem").st_uid != 0:
+    if mem_owner != 0:
         problems.append("init is dumpable")
     if problems:
         raise VerifyError("verification failed, workload killed before exec: " + "; ".join(problems))
