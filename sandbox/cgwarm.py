@@ -13,9 +13,10 @@ it is already in (a no-op migration that still takes the rwsem). The grace
 period then elapses while the main thread imports, resolves the spec and
 prepares the sandbox. The thread repeats the no-op every few milliseconds
 (each one is fast while the rwsem is warm) until the launcher has attached
-the sandbox and calls stop(), or MAX_WARM passes, so a slow prepare does not
-let the window close. Best effort: any failure just means the attach pays the
-wait itself, as it did before.
+the sandbox and stops it, or MAX_WARM passes, so a slow prepare does not let
+the window close. Each launch has its own warmer, so sandboxes started from
+several API threads do not end each other's. Best effort: any failure just
+means the attach pays the wait itself, as it did before.
 """
 from __future__ import annotations
 
@@ -25,8 +26,36 @@ import time
 
 MAX_WARM = 0.5  # seconds; a sandbox that takes longer to prepare pays one grace period, as without this
 INTERVAL = 0.003  # well inside the shortest grace period seen here (~6 ms)
-_state = {"running": False, "stop": False, "deadline": 0.0}
+# A warmer the CLI started before launch.run existed, for that run to take over.
+_pending: list[Warmer] = []
 _lock = _thread.allocate_lock()
+
+
+class Warmer:
+    """One launch's background no-op migration; stop() once the sandbox is attached."""
+
+    def __init__(self, path: str) -> None:
+        self.stopped = False
+        self.deadline = time.monotonic() + MAX_WARM
+        # A raw _thread (no threading import, ~3 ms): it only writes, sleeps and closes.
+        _thread.start_new_thread(self._run, (path, str(os.getpid()).encode()))
+
+    def _run(self, path: str, pid: bytes) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            while not self.stopped and time.monotonic() < self.deadline:
+                os.write(fd, pid)
+                time.sleep(INTERVAL)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def stop(self) -> None:
+        self.stopped = True  # the thread sees it within INTERVAL
 
 
 def _own_procs_file() -> str | None:
@@ -55,50 +84,26 @@ def _own_procs_file() -> str | None:
     return None
 
 
-def _keep_warm(path: str, pid: bytes) -> None:
-    fd = -1
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        while True:
-            with _lock:
-                if _state["stop"] or time.monotonic() > _state["deadline"]:
-                    break
-            os.write(fd, pid)
-            time.sleep(INTERVAL)
-    except OSError:
-        pass
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        with _lock:
-            _state["running"] = False
+def start(*, for_next_launch: bool = False) -> Warmer | None:
+    """Start warming from a background thread; None when this host or user cannot.
 
-
-def start() -> bool:
-    """Start keeping the rwsem warm from a background thread; True if this call started it.
-
+    for_next_launch: the CLI, before it has a launch; the next take() returns it.
     Root only: a rootless invoker usually cannot write its own cgroup.procs, and
     never creates v1 cgroups anyway.
     """
     if os.geteuid() != 0:
-        return False
-    with _lock:
-        _state.update(stop=False, deadline=time.monotonic() + MAX_WARM)
-        if _state["running"]:
-            return False  # the thread of a previous run is still going: it carries on for this one
+        return None
     path = _own_procs_file()
     if path is None:
-        return False
-    with _lock:
-        if _state["running"]:
-            return False
-        _state["running"] = True
-    # A raw _thread (no threading import, ~3 ms): it only writes, sleeps and closes.
-    _thread.start_new_thread(_keep_warm, (path, str(os.getpid()).encode()))
-    return True
+        return None
+    w = Warmer(path)
+    if for_next_launch:
+        with _lock:
+            _pending.append(w)
+    return w
 
 
-def stop() -> None:
-    """The sandbox is attached: let the thread end (it stops within INTERVAL)."""
+def take() -> Warmer | None:
+    """The warmer the CLI started for this launch, if there is one."""
     with _lock:
-        _state["stop"] = True
+        return _pending.pop() if _pending else None

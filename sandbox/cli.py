@@ -67,7 +67,7 @@ def _group():
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "run":
         from . import cgwarm
-        cgwarm.start()  # first thing: the kernel's cgroup grace period runs while we import and prepare
+        cgwarm.start(for_next_launch=True)  # first thing: the kernel's cgroup grace period runs while we import and prepare
         from .cmd_run import do_run, fast_parse
         kw = fast_parse(argv[1:])
         if kw is not None:

@@ -560,12 +560,17 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
     """Run one sandbox to completion. Raises SbxError for refusals (exit 125)."""
     sid = sandbox_id or os.urandom(32).hex()
     t0 = time.monotonic()
+    warm = cgwarm.take()  # the CLI starts one at its first line
     if spec.resources.requested():
-        cgwarm.start()  # usually already started by the CLI; the API gets it here
+        warm = warm or cgwarm.start()
+    elif warm is not None:
+        warm.stop()  # no cgroup for this sandbox
+        warm = None
     try:
         plan = prepare(spec, sid)
     except BaseException:
-        cgwarm.stop()
+        if warm is not None:
+            warm.stop()
         raise
     record: dict = {"id": sid, "spec_digest": spec.digest(), "profile": spec.profile, "argv": list(spec.argv),
                     "notes": plan.notes, "features": plan.features, "idmap": plan.idmap.describe(),
@@ -617,7 +622,8 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             if plan.cgroup is not None:
                 plan.cgroup.attach(init_pid)
                 plan.cgroup.attach(workload_pid)  # forked before init was attached
-            cgwarm.stop()
+            if warm is not None:
+                warm.stop()
             os.write(chan.ctl_w, b"3")
             if plan.cgroup is not None:
                 _reap_stale_cgroups()  # while the sandbox finishes its setup, not before it starts
@@ -678,7 +684,8 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         record.update(exit_code=code, finished=time.time(), timed_out=timed_out, oom_killed=oom)
         return Result(code, sid, record, oom_killed=oom, timed_out=timed_out)
     finally:
-        cgwarm.stop()
+        if warm is not None:
+            warm.stop()
         fwd.restore()
         _close(chan.ctl_w)
         _close(chan.status_r)
