@@ -115,6 +115,50 @@ def api_throughput(seconds: float, workers: int = 1) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def api_processes(seconds: float, workers: int) -> float:
+    """The same loop in `workers` separate interpreters (forked from this one), summed."""
+    pipes = []
+    for _ in range(workers):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                rate = api_throughput(seconds)
+                os.write(w, f"{rate}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        pipes.append((pid, r))
+    total = 0.0
+    for pid, r in pipes:
+        got = os.read(r, 64)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        if status != 0 or not got:
+            raise SystemExit("API benchmark: a worker process failed")
+        total += float(got)
+    return total
+
+
+def api_cpu_ms(count: int = 60) -> tuple[float, float]:
+    """CPU per sandbox (ms) of the sequential API loop: (sbx's own process, the sandbox's processes)."""
+    import resource
+
+    from sandbox import resolve, run
+    spec = resolve(["/bin/true"], profile="strict")
+    run(spec)
+    s0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(count):
+        run(spec)
+    s1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (s1.ru_utime + s1.ru_stime - s0.ru_utime - s0.ru_stime) * 1000 / count
+    kids = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) * 1000 / count
+    return own, kids
+
+
 def bwrap_loop(count: int) -> float:
     t0 = time.perf_counter()
     subprocess.run(["sh", "-c", f'i=0; while [ $i -lt {count} ]; do "$@" || exit 1; i=$((i+1)); done', "sh", *BWRAP],
@@ -165,12 +209,18 @@ def main() -> None:
     print(table(rows, ("runtime", "median ms", "vs runc", "peak RSS MiB")))
     api = api_throughput(a.seconds)
     api2 = api_throughput(a.seconds, workers=2)
+    apip = api_processes(a.seconds, workers=2)
     bw = bwrap_loop(100)
+    own, kids = api_cpu_ms()
     print()
     print(table([("sbx API (strict, sequential)", f"{api:.0f}/s", f"{api / bw:.2f}x", "1.00x"),
                  ("sbx API, 2 worker threads", f"{api2:.0f}/s", f"{api2 / bw:.2f}x", f"{api2 / api:.2f}x"),
+                 ("sbx API, 2 worker processes", f"{apip:.0f}/s", f"{apip / bw:.2f}x", f"{apip / api:.2f}x"),
                  ("bwrap shell loop", f"{bw:.0f}/s", "1.00x", "")],
                 ("P2 throughput", "rate", "vs bwrap", "vs 1 worker")))
+    cores = os.cpu_count() or 1
+    print(f"CPU per sandbox (sequential API): {own:.1f} ms in sbx + {kids:.1f} ms in the sandbox's processes; "
+          f"{cores} cores bound any number of workers to ~{cores * 1000 / (own + kids):.0f}/s")
 
 
 if __name__ == "__main__":
