@@ -60,23 +60,21 @@ class Warmer:
 
 def _own_procs_file() -> str | None:
     """cgroup.procs of this process's current cgroup, in one v1 hierarchy or the v2 tree."""
+    from . import facts  # the one /proc reader; the run path imports it anyway
     try:
-        with open("/proc/self/cgroup", "rb") as f:
-            lines = f.read(8192).decode("ascii", "replace").splitlines()
-    except OSError:
+        entries = facts.read_cgroup("self")
+    except (OSError, facts.ProcessGone):
         return None
     v2 = None
-    for line in lines:
-        hid, _, rest = line.partition(":")
-        ctrls, _, path = rest.partition(":")
-        if not path.startswith("/") or "\\" in path:
+    for e in entries:
+        if not e.path.startswith("/") or "\\" in e.path:
+            continue  # an escaped or unreachable path: leave it alone
+        if e.hierarchy == 0 and not e.controllers:
+            v2 = e.path
             continue
-        if hid == "0" and ctrls == "":
-            v2 = path
-            continue
-        for ctrl in ctrls.split(","):
+        for ctrl in e.controllers:
             if ctrl in ("pids", "memory", "cpu", "cpuset"):
-                cand = f"/sys/fs/cgroup/{ctrl}{path.rstrip('/')}/cgroup.procs"
+                cand = f"/sys/fs/cgroup/{ctrl}{e.path.rstrip('/')}/cgroup.procs"
                 if os.path.exists(cand):
                     return cand
     if v2 is not None and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):

@@ -420,14 +420,35 @@ class StatBrief:
     starttime: int
 
 
-def parse_stat(text: str) -> StatBrief:
+def _stat_split(text: str) -> tuple[int, str, list[str]]:
+    """(pid, comm, fields from field 3 on) of a /proc/PID/stat line."""
     # comm may contain spaces and ')' (it is attacker-chosen): it ends at the LAST ')'.
     lp, rp = text.find("("), text.rfind(")")
     if lp < 0 or rp < lp:
         raise ValueError("malformed stat")
-    rest = text[rp + 2:].split()
-    return StatBrief(pid=int(text[:lp]), comm=text[lp + 1:rp], state=rest[0], ppid=int(rest[1]),
-                     starttime=int(rest[19]))
+    return int(text[:lp]), text[lp + 1:rp], text[rp + 2:].split()
+
+
+def parse_stat(text: str) -> StatBrief:
+    pid, comm, rest = _stat_split(text)
+    return StatBrief(pid=pid, comm=comm, state=rest[0], ppid=int(rest[1]), starttime=int(rest[19]))
+
+
+def read_arg_area(pid: int | str) -> tuple[int, int]:
+    """(arg_start, arg_end): where the process's original argv lives (proc(5) fields 48-49)."""
+    try:
+        rest = _stat_split(read_text(pid, "stat", 4096))[2]
+        return int(rest[45]), int(rest[46])
+    except (ValueError, IndexError):
+        raise ProcessGone(str(pid)) from None
+
+
+def read_dump_owner(pid: int | str) -> int:
+    """Owner of the process's /proc files: its euid while dumpable, root (0) once it is not."""
+    try:
+        return os.stat(f"{PROC}/{pid}/mem").st_uid
+    except FileNotFoundError:
+        raise ProcessGone(str(pid)) from None
 
 
 def read_stat(pid: int | str) -> StatBrief:

@@ -8,12 +8,36 @@ the workload's process group) from one sent by a process (forwarded once).
 from __future__ import annotations
 
 import os
+
+from . import facts, syscalls as sc
 from .sig import signal
 
 SI_KERNEL = 0x80
 FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
            signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
 WAITED = set(FORWARD) | {signal.SIGCHLD}
+
+
+def set_title(title: str) -> None:
+    """Make this process's /proc/PID/cmdline read `title` (what setproctitle does).
+
+    The workload can read pid 1's cmdline: it should show a name, not sbx's host
+    command line. The original argv area is overwritten through /proc/self/mem;
+    Python keeps its own copies of argv, so nothing in the interpreter reads it.
+    Leaves the process dumpable (after a uid change its /proc files would be the
+    host root's and the write refused); the caller decides what it is afterwards.
+    """
+    sc.set_name(title)
+    start, end = facts.read_arg_area("self")
+    if end <= start:
+        return
+    data = title.encode()[:end - start - 1].ljust(end - start, b"\0")
+    sc.prctl(sc.PR_SET_DUMPABLE, 1)
+    fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, data, start)
+    finally:
+        os.close(fd)
 
 
 def prepare_signals() -> None:

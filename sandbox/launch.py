@@ -59,7 +59,7 @@ class Result:
 
 @record
 class Plan:
-    """Everything decided in the parent before the first fork."""
+    """What the parent decided for this sandbox (before the first fork; the cgroup, after it)."""
 
     spec: Spec
     sandbox_id: str
@@ -68,7 +68,7 @@ class Plan:
     seccomp_bpf: bytes | None = None
     landlock_rules: list | None = None
     mac: object = None
-    net: object = None  # bridge networking plan: .attach(setup_pid) after unshare, .release() at the end
+    net: object = None  # bridge networking plan: .attach(init_pid) after unshare, .release() at the end
     notes: list[str] = field(default_factory=list)
     features: dict = field(default_factory=dict)
 
@@ -176,14 +176,12 @@ def _init_child(plan: Plan, chan: _Chan) -> None:
     end of sbx shows as EOF on the control pipe (wait_token exits on it).
     """
     from . import caps, mounts, net
-    from .initproc import prepare_signals, run_init
+    from .initproc import prepare_signals, run_init, set_title
 
     stage = "init"
     spec = plan.spec
     try:
-        # The workload can read pid 1's cmdline: show a name, not the host's sbx command line.
-        sc.set_name("sbx-init")
-        sc.set_cmdline("sbx-init")
+        set_title("sbx-init")
         # The sandbox's files and the workload get docker's umask, not whatever the caller had
         # (a 077 caller would leave the new root untraversable for the workload's uid).
         os.umask(0o022)
@@ -502,30 +500,9 @@ def _expect(chan: _Chan, buf: bytearray, key: str, early: list[dict]) -> dict:
             raise _ExecError(msg)
         if key in msg:
             return msg
-        if not any(k in msg for k in ("stage", "init", "workload", "ready", "confined")):
+        if not any(k in msg for k in ("init", "workload", "ready", "confined")):
             raise SbxError(f"sandbox setup sent an unknown message {sorted(msg)}")
         early.append(msg)
-
-
-def _check_init(init_pid: int) -> None:
-    """Fail closed on init too: before the workload may exec, read back that init kept only
-    CAP_KILL, has no_new_privs and is not dumpable (its /proc files are the host root's)."""
-    from .facts import CAP_NUMBERS
-    try:
-        st = facts.read_status(init_pid)
-        mem_owner = os.stat(f"/proc/{init_pid}/mem").st_uid
-    except (OSError, facts.ProcessGone):
-        raise VerifyError("verification failed, workload killed before exec: the sandbox's init is gone") from None
-    kill = 1 << CAP_NUMBERS["KILL"]
-    problems = []
-    if st.cap_eff & ~kill or st.cap_prm & ~kill or st.cap_bnd & ~kill or st.cap_inh or st.cap_amb:
-        problems.append(f"init keeps capabilities beyond CAP_KILL (eff {st.cap_eff:#x}, bnd {st.cap_bnd:#x})")
-    if st.no_new_privs != 1:
-        problems.append("init has no no_new_privs")
-    if mem_owner != 0:
-        problems.append("init is dumpable")
-    if problems:
-        raise VerifyError("verification failed, workload killed before exec: " + "; ".join(problems))
 
 
 def release_and_confirm(chan: _Chan, buf: bytearray, plan: Plan, pid: int, what: str) -> str | None:
@@ -634,14 +611,16 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
                 raise VerifyError(f"expected one workload process ({workload_pid}) under the sandbox init, "
                                   f"found {kids}")
             f = facts.read(workload_pid, host_pid=parent)
-            from .verify import check
+            from .verify import check, check_init
             v = check(spec, f, host_uid=plan.idmap.host_uid(spec.uid), host_gid=plan.idmap.host_gid(spec.gid),
                       seccomp_expected=plan.seccomp_bpf is not None, cgroup=plan.cgroup)
             record["verification"] = v.to_dict()
             if not v.ok:
                 raise VerifyError("verification failed, workload killed before exec: " + "; ".join(v.problems))
             _expect(chan, buf, "confined", early)
-            _check_init(init_pid)
+            vi = check_init(init_pid)
+            if not vi.ok:
+                raise VerifyError("verification failed, workload killed before exec: " + "; ".join(vi.problems))
             label = release_and_confirm(chan, buf, plan, workload_pid, "workload")
             if plan.mac is not None:
                 record["lsm_label"] = label

@@ -136,30 +136,6 @@ def set_name(name: str) -> None:
                         ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl(PR_SET_NAME)")
 
 
-def set_cmdline(title: str) -> None:
-    """Make /proc/self/cmdline read `title`, by overwriting the process's original argv area.
-
-    What setproctitle does: /proc/PID/stat gives the area's bounds (arg_start,
-    arg_end), and a process may write its own memory through /proc/self/mem.
-    Python keeps its own copies of argv, so nothing in the interpreter reads it.
-    Leaves the process dumpable.
-    """
-    with open("/proc/self/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    start, end = int(fields[45]), int(fields[46])  # fields 48 and 49 of proc(5); [0] is field 3
-    if end <= start:
-        return
-    data = title.encode()[:end - start - 1].ljust(end - start, b"\0")
-    # After a uid change a process is not dumpable, and its /proc files belong to the host's
-    # root: be dumpable for the write (the caller decides what it is afterwards).
-    prctl(PR_SET_DUMPABLE, 1)
-    fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        os.pwrite(fd, data, start)
-    finally:
-        os.close(fd)
-
-
 def sethostname(name: str) -> None:
     b = name.encode()
     _check(libc().sethostname(b, ctypes.c_size_t(len(b))), "sethostname")

@@ -36,6 +36,28 @@ class Verification:
         return {"ok": self.ok, "problems": self.problems, "checked": self.checked, "effective": self.effective}
 
 
+def check_init(pid: int) -> Verification:
+    """The sandbox's init, once it says it is confined: only CAP_KILL, no_new_privs, not dumpable.
+
+    Checked before the workload may exec: nothing else orders init's confinement
+    before the workload's first instruction.
+    """
+    v = Verification()
+    try:
+        st = facts.read_status(pid)
+        owner = facts.read_dump_owner(pid)
+    except (OSError, facts.ProcessGone):
+        v.need("init", False, "the sandbox's init is gone")
+        return v
+    kill = 1 << facts.CAP_NUMBERS["KILL"]
+    v.need("init capabilities",
+           not (st.cap_eff & ~kill or st.cap_prm & ~kill or st.cap_bnd & ~kill or st.cap_inh or st.cap_amb),
+           f"init keeps capabilities beyond CAP_KILL (eff {st.cap_eff:#x}, bnd {st.cap_bnd:#x})")
+    v.need("init no_new_privs", st.no_new_privs == 1, "init has no no_new_privs")
+    v.need("init not dumpable", owner == 0, "init is dumpable")
+    return v
+
+
 def check(spec: Spec, f: ProcFacts, *, host_uid: int | None, host_gid: int | None, seccomp_expected: bool,
           cgroup=None) -> Verification:
     v = Verification()
