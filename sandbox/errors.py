@@ -20,6 +20,7 @@ class SbxError(Exception):
         self.message = message
         self.code = code
         self.where = where
+        self.from_sandbox = False  # sent by a sandbox process (launch prefers those as the cause)
 
     def line(self) -> str:
         text = f"{self.where}: {self.message}" if self.where else self.message

@@ -38,7 +38,8 @@ import sys
 import time
 from .records import field, record
 
-from . import cgwarm, facts, syscalls as sc
+from . import cgwarm, facts, hostpath, syscalls as sc
+from .hostpath import HostPath
 from .sig import signal
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, SbxError, VerifyError
 from .spec import Spec
@@ -69,6 +70,8 @@ class Plan:
     landlock_rules: list | None = None
     mac: object = None
     net: object = None  # bridge networking plan: .attach(init_pid) after unshare, .release() at the end
+    rootfs_src: HostPath | None = None  # --rootfs and -v sources, resolved by sbx (hostpath)
+    bind_srcs: list[HostPath] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     features: dict = field(default_factory=dict)
 
@@ -187,7 +190,7 @@ def _init_child(plan: Plan, chan: _Chan) -> None:
         os.umask(0o022)
         chan.wait_token(b"2")  # sbx wrote our uid/gid maps
         stage = "open sources"
-        sources = mounts.open_sources(spec)  # before the id switch: the invoker's access rights
+        sources = mounts.open_sources(spec, plan.rootfs_src, plan.bind_srcs)  # before any mount or id switch
         stage = "id switch"
         if not plan.idmap.rootless:
             os.setresgid(0, 0, 0)
@@ -364,8 +367,11 @@ def prepare(spec: Spec, sandbox_id: str) -> Plan:
     from . import rlimits, userns
 
     rlimits.check(spec.rlimits)
+    fs = spec.filesystem
+    rootfs_src = hostpath.resolve(fs.rootfs, what="--rootfs") if fs.rootfs else None
+    bind_srcs = [hostpath.resolve(b.source, what="-v") for b in fs.binds]
     idmap = userns.plan(spec)
-    plan = Plan(spec=spec, sandbox_id=sandbox_id, idmap=idmap)
+    plan = Plan(spec=spec, sandbox_id=sandbox_id, idmap=idmap, rootfs_src=rootfs_src, bind_srcs=bind_srcs)
     try:
         _prepare_security(plan)
         # Before the cgroup: mkdir there waits on cgroup_mutex while cgwarm's grace period runs,
@@ -495,7 +501,7 @@ def _expect(chan: _Chan, buf: bytearray, key: str, early: list[dict]) -> dict:
         if msg is None:
             raise SbxError(f"sandbox setup died before '{key}'")
         if "error" in msg:
-            raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED), where=msg.get("where"))
+            raise _sandbox_error(msg)
         if "exec_error" in msg:
             raise _ExecError(msg)
         if key in msg:
@@ -503,6 +509,39 @@ def _expect(chan: _Chan, buf: bytearray, key: str, early: list[dict]) -> dict:
         if not any(k in msg for k in ("init", "workload", "ready", "confined")):
             raise SbxError(f"sandbox setup sent an unknown message {sorted(msg)}")
         early.append(msg)
+
+
+def _pending_error(chan: _Chan, buf: bytearray, init_pid: int | None) -> SbxError | None:
+    """The error a failed sandbox process already sent, if any.
+
+    If init is gone, its last message is on its way: wait for it (up to 1 s,
+    EOF comes as soon as the namespace's processes are gone). If init still
+    runs, only what is already in the pipe counts.
+    """
+    gone = init_pid is None
+    if not gone:
+        try:
+            gone = facts.read_stat(init_pid).state in ("Z", "X")
+        except Exception:  # noqa: BLE001 - unreadable means gone
+            gone = True
+    deadline = time.monotonic() + (1.0 if gone else 0.05)
+    while True:
+        try:
+            if not gone and not select.select([chan.status_r], [], [], 0)[0] and len(buf) < 2:
+                return None
+            msg = _read_msg(chan.status_r, buf, deadline)
+        except (SbxError, OSError):
+            return None
+        if msg is None:
+            return None
+        if "error" in msg:
+            return _sandbox_error(msg)
+
+
+def _sandbox_error(msg: dict) -> SbxError:
+    e = SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED), where=msg.get("where"))
+    e.from_sandbox = True
+    return e
 
 
 def release_and_confirm(chan: _Chan, buf: bytearray, plan: Plan, pid: int, what: str) -> str | None:
@@ -630,7 +669,12 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
             _reap(init_pid)
             record.update(exit_code=code, finished=time.time())
             return Result(code, sid, record)
-        except BaseException:
+        except BaseException as e:
+            # A sandbox process that failed (say, init refusing a hostile rootfs) may already have
+            # said why while sbx tripped over its absence (a cgroup attach, a missing child): its
+            # own message is the one to report.
+            cause = _pending_error(chan, buf, init_pid) if isinstance(e, SbxError) and not e.from_sandbox \
+                else None
             # Setup reports init's pid right after forking it, so an init we do not know of can
             # only exist if setup died mid-report; it then exits on the pipe's EOF.
             for p in (init_pid, setup_pid if setup_alive else None):
@@ -641,6 +685,8 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
                 _subreaper(False)
             if init_pid is not None:
                 _reap(init_pid)  # ours by now: setup is gone and we were its subreaper
+            if cause is not None:
+                raise cause from None
             raise
         record["startup_ms"] = round((time.monotonic() - t0) * 1000, 2)
         if on_started is not None:

@@ -14,19 +14,29 @@ new mount namespace, as root of the new user namespace). Two modes:
 Both get: tmpfs /tmp (size-capped), fresh /proc with Docker's masked and
 read-only paths, minimal /dev, optional read-only /sys, -v binds.
 
-Paths inside a --rootfs are container-controlled: they are resolved with
-openat2(RESOLVE_IN_ROOT) so a symlink in the rootfs can never send a mount
-onto the host.
+A --rootfs (and later an image) is attacker-controlled: its `tmp` may be a
+symlink to `../../..`, its `dev` a symlink to `/`. So no mount here is ever made
+by a path string. Every target is opened inside the new root with
+openat2(RESOLVE_IN_ROOT) (intermediate symlinks stay inside the root), its last
+component without following a symlink; a target that is a symlink, or that
+resolves to the root itself, is refused with the entry's name. Mounts are then
+made on that fd (/proc/self/fd/N for new filesystems, move_mount of a detached
+tree for binds), which is what runc's securejoin and crun's openat2 code do.
+
+Bind sources are cloned (open_tree) in open_sources, before the staging tmpfs
+exists, so a recursive bind of the host's /tmp (or /) can never carry the
+staging mount, which holds the sandbox's writable root copies.
 """
 from __future__ import annotations
 
 import errno
 import os
 import stat
-from .records import record
 
 from . import syscalls as sc
 from .errors import SbxError
+from .hostpath import HostPath, reopen
+from .records import record
 from .spec import Bind, Spec
 
 HOST_TOP = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -34,48 +44,275 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
 RO_ATTRS = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+RW_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 MAX_ETC_COPY = 1 << 20
+ROOT_SOURCE = "sbx-root"  # the fs source of the sandbox's / (verify looks for it)
 
 
 @record
 class Sources:
-    """User-given paths opened (O_PATH) before any mount changes, in the sandbox's mount ns."""
+    """User-given paths, pinned before any mount changes, in the sandbox's mount ns.
+
+    rootfs_fd: O_PATH fd of the --rootfs directory. bind_trees: for each -v, a
+    detached clone (open_tree) of the source's mount subtree, taken before the
+    staging tmpfs is mounted.
+    """
 
     rootfs_fd: int | None
-    bind_fds: list[tuple[Bind, int, bool]]  # (bind, fd, is_dir)
+    bind_trees: list[tuple[Bind, int, bool]]  # (bind, detached tree fd, is_dir)
 
     def close(self) -> None:
-        for fd in [self.rootfs_fd] + [b[1] for b in self.bind_fds]:
+        for fd in [self.rootfs_fd] + [b[1] for b in self.bind_trees]:
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
+        self.rootfs_fd = None
+        self.bind_trees = []
 
 
-def open_sources(spec: Spec) -> Sources:
-    """Open --rootfs and -v sources. Called after unshare, before the id switch.
+def open_sources(spec: Spec, rootfs: HostPath | None, binds: list[HostPath]) -> Sources:
+    """Pin --rootfs and -v sources. Called after unshare, before the id switch and any mount.
 
-    The invoker chose these paths, so following their symlinks is the user's
-    intent (as in docker); but we pin each one to an fd here so nothing can swap
-    it between this check and the mount.
+    The paths were resolved by sbx itself (hostpath.resolve: symlink owners
+    checked with host credentials); here they are opened again without following
+    any symlink and must reach the same inode.
     """
-    fs = spec.filesystem
-    rootfs_fd = None
-    if fs.rootfs:
+    srcs = Sources(None, [])
+    try:
+        if rootfs is not None:
+            srcs.rootfs_fd = reopen(rootfs, what="--rootfs")
+            if not rootfs.is_dir:
+                raise SbxError(f"--rootfs {rootfs.given} is not a directory", where="--rootfs")
+        for b, hp in zip(spec.filesystem.binds, binds):
+            fd = reopen(hp, what="-v")
+            try:
+                tree = sc.open_tree(fd, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE
+                                    | sc.AT_EMPTY_PATH)
+            except OSError as e:
+                raise SbxError(f"cannot bind {b.source}: {e.strerror}", where="-v") from None
+            finally:
+                os.close(fd)
+            srcs.bind_trees.append((b, tree, hp.is_dir))
+    except BaseException:
+        srcs.close()
+        raise
+    return srcs
+
+
+def _fdpath(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
         try:
-            rootfs_fd = os.open(fs.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise SbxError(f"cannot open rootfs {fs.rootfs}: {e.strerror}", where="--rootfs") from None
-    binds = []
-    for b in fs.binds:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class NewRoot:
+    """The sandbox root under construction, addressed only through fds.
+
+    `open` is the one way a path inside the root is reached: intermediate
+    symlinks resolve inside the root (RESOLVE_IN_ROOT, no magic links), the last
+    component is never followed, and neither a symlink nor the root itself is
+    accepted as a place to mount on or write to.
+    """
+
+    def __init__(self, fd: int, where: str) -> None:
+        self.fd = fd
+        st = os.fstat(fd)
+        self.ident = (st.st_dev, st.st_ino)
+        self.where = where  # names the tree in refusals: "--rootfs /srv/r" or "sandbox root"
+
+    def refuse(self, path: str, why: str) -> SbxError:
+        return SbxError(f"/{path.strip('/')} {why}", where=self.where)
+
+    def _at(self, dirfd: int, rel: str) -> int:
+        return sc.openat2(dirfd, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
+                          sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+
+    def _checked(self, fd: int, path: str, want: str | None) -> int:
+        st = os.fstat(fd)
+        why = None
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                why = f"is a symlink (-> {os.readlink('', dir_fd=fd)}); sbx mounts or writes there and never " \
+                      "follows a symlink of the root"
+            except OSError:
+                why = "is a symlink; sbx mounts or writes there and never follows a symlink of the root"
+        elif (st.st_dev, st.st_ino) == self.ident:
+            why = "resolves to the root itself"
+        elif want == "dir" and not stat.S_ISDIR(st.st_mode):
+            why = "is not a directory"
+        elif want == "file" and stat.S_ISDIR(st.st_mode):
+            why = "is a directory, not a file"
+        if why is not None:
+            os.close(fd)
+            raise self.refuse(path, why)
+        return fd
+
+    def open(self, path: str, *, create: str | None = None, want: str | None = None) -> int:
+        """O_PATH fd of `path` inside the root. create: None, "dir" or "file" (parents become dirs)."""
+        rel = path.strip("/")
+        if not rel:
+            return os.dup(self.fd)
+        parent, _, leaf = rel.rpartition("/")
+        pfd = self._parent(parent, create=create is not None)
         try:
-            fd = os.open(b.source, os.O_PATH | os.O_CLOEXEC)
-        except OSError as e:
-            raise SbxError(f"cannot open bind source {b.source}: {e.strerror}", where="-v") from None
-        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-        binds.append((b, fd, is_dir))
-    return Sources(rootfs_fd, binds)
+            try:
+                return self._checked(self._at(pfd, leaf), path, want or create)
+            except FileNotFoundError:
+                if create is None:
+                    raise
+            dfd = sc.openat2(pfd, ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, 0)
+            try:
+                if create == "dir":
+                    try:
+                        os.mkdir(leaf, 0o755, dir_fd=dfd)
+                    except FileExistsError:
+                        pass
+                else:
+                    try:
+                        os.close(os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                         0o644, dir_fd=dfd))
+                    except FileExistsError:
+                        pass
+            finally:
+                os.close(dfd)
+            return self._checked(self._at(pfd, leaf), path, create)
+        finally:
+            os.close(pfd)
+
+    def _parent(self, rel: str, *, create: bool) -> int:
+        """O_PATH fd of a directory on the way to a target, each missing component created.
+
+        No component may be a symlink: a mount lands exactly at the path the
+        user named, which is also the path verification then finds it at.
+        """
+        fd = os.dup(self.fd)
+        done = ""
+        try:
+            for comp in [c for c in rel.split("/") if c]:
+                done += "/" + comp
+                if comp == "..":
+                    raise self.refuse(done, "has '..' on the way")
+                try:
+                    nfd = self._checked(self._at(fd, comp), done, "dir")
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    dfd = sc.openat2(fd, ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, 0)
+                    try:
+                        os.mkdir(comp, 0o755, dir_fd=dfd)
+                    except FileExistsError:
+                        pass
+                    finally:
+                        os.close(dfd)
+                    nfd = self._checked(self._at(fd, comp), done, "dir")
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def dir(self, path: str) -> int:
+        """A real (O_RDONLY) directory fd of `path`, for *at() calls beneath it."""
+        fd = self.open(path, want="dir")
+        try:
+            return sc.openat2(fd, ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, 0)
+        finally:
+            os.close(fd)
+
+    def exists(self, path: str) -> bool:
+        try:
+            os.close(self._at(self.fd, path.strip("/") or "."))
+            return True
+        except OSError:
+            return False
+
+    def mount(self, path: str, fstype: str, source: str, flags: int, data: str | None = None, *,
+              create: str | None = "dir") -> None:
+        """A new filesystem on `path` (resolved inside the root), via the fd."""
+        fd = self.open(path, create=create, want="dir")
+        try:
+            sc.mount(source, _fdpath(fd), fstype, flags, data)
+        finally:
+            os.close(fd)
+
+    def attach(self, tree: int, path: str, *, create: str | None = None, want: str | None = None) -> None:
+        """Move a detached mount tree (open_tree clone) onto `path`."""
+        fd = self.open(path, create=create, want=want)
+        try:
+            sc.move_mount(tree, "", fd, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(fd)
+
+    def setattr(self, path: str, attrs: int, *, recursive: bool = False) -> None:
+        fd = self.open(path)
+        try:
+            sc.mount_setattr(fd, "", sc.AT_EMPTY_PATH | (sc.AT_RECURSIVE if recursive else 0), attrs)
+        finally:
+            os.close(fd)
+
+    def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Create a new file inside the root (never through a symlink, never an existing file)."""
+        parent, _, leaf = path.strip("/").rpartition("/")
+        dfd = self.dir(parent)
+        try:
+            fd = os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                         dir_fd=dfd)
+        except FileExistsError:
+            raise self.refuse(path, "exists already; sbx only writes files it creates") from None
+        finally:
+            os.close(dfd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+
+def clone_tree(path_or_fd: str | int, *, recursive: bool, attrs: int) -> int:
+    """A detached copy of a mount (subtree) with `attrs` set on every mount in it."""
+    if isinstance(path_or_fd, int):
+        tree = sc.open_tree(path_or_fd, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH
+                            | (sc.AT_RECURSIVE if recursive else 0))
+    else:
+        tree = sc.open_tree(sc.AT_FDCWD, path_or_fd, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC
+                            | (sc.AT_RECURSIVE if recursive else 0))
+    try:
+        sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | (sc.AT_RECURSIVE if recursive else 0), attrs)
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
+
+
+def _bind_host(root: NewRoot, host: str, path: str, *, create: str, attrs: int, recursive: bool = True) -> None:
+    tree = clone_tree(host, recursive=recursive, attrs=attrs)
+    try:
+        root.attach(tree, path, create=create)
+    finally:
+        os.close(tree)
+
+
+def _bind_self(root: NewRoot, path: str, attrs: int) -> None:
+    """Re-mount `path` (already inside the root) on itself with `attrs` (e.g. /proc/sys read-only)."""
+    fd = root.open(path)
+    try:
+        tree = clone_tree(fd, recursive=True, attrs=attrs)
+        try:
+            sc.move_mount(tree, "", fd, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(tree)
+    finally:
+        os.close(fd)
 
 
 def _staging_point() -> str:
@@ -94,272 +331,205 @@ def _fail(what: str, e: OSError) -> SbxError:
     return SbxError(f"mount setup failed: {what}: {os.strerror(e.errno or 0)}")
 
 
-def _resolve_in(root_fd: int, path: str, *, create: str | None = None) -> int:
-    """Open `path` inside the tree at root_fd without ever leaving it (O_PATH fd).
-
-    create: None, "dir" or "file": create the final component (and parents as dirs) when missing.
-    """
-    rel = path.strip("/")
-    if not rel:
-        return os.dup(root_fd)
-    how = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
-    try:
-        return sc.openat2(root_fd, rel, os.O_PATH | os.O_CLOEXEC, 0, how)
-    except FileNotFoundError:
-        if create is None:
-            raise
-    parent, _, leaf = rel.rpartition("/")
-    pfd = _resolve_in(root_fd, parent, create="dir") if parent else os.dup(root_fd)
-    try:
-        dfd = sc.openat2(pfd, ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, 0)
-        try:
-            if create == "dir":
-                try:
-                    os.mkdir(leaf, 0o755, dir_fd=dfd)
-                except FileExistsError:
-                    pass
-            else:
-                try:
-                    os.close(os.open(leaf, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd))
-                except FileExistsError:
-                    pass
-        finally:
-            os.close(dfd)
-        return sc.openat2(pfd, leaf, os.O_PATH | os.O_CLOEXEC, 0, how)
-    finally:
-        os.close(pfd)
-
-
-def _fdpath(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
-
-
-def _bind(src: str, dst: str, *, readonly: bool, recursive: bool = True, extra: int = 0) -> None:
-    flags = sc.MS_BIND | (sc.MS_REC if recursive else 0)
-    sc.mount(src, dst, None, flags)
-    attrs = (RO_ATTRS if readonly else sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV) | extra
-    sc.mount_setattr(-100, dst, sc.AT_RECURSIVE if recursive else 0, attrs)
-
-
-def _mkdir(path: str, mode: int = 0o755) -> None:
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        pass
-
-
-def _touch(path: str) -> None:
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
-
-
-def _write(path: str, text: str, mode: int = 0o644) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _etc(new: str, spec: Spec) -> None:
-    etc = os.path.join(new, "etc")
-    _mkdir(etc)
+def _etc(root: NewRoot, spec: Spec) -> None:
+    os.close(root.open("etc", create="dir"))
     # Identity files are generated, not copied: the host's user list is not the sandbox's business.
     users = {0: "root", 65534: "nobody"}
     users.setdefault(spec.uid, "sbx")
     groups = {0: "root", 65534: "nogroup"}
     groups.setdefault(spec.gid, "sbx")
-    _write(os.path.join(etc, "passwd"), "".join(
-        f"{n}:x:{u}:{spec.gid if u == spec.uid else u}:{n}:/tmp:/usr/sbin/nologin\n" for u, n in sorted(users.items())))
-    _write(os.path.join(etc, "group"), "".join(f"{n}:x:{g}:\n" for g, n in sorted(groups.items())))
-    _write(os.path.join(etc, "hostname"), spec.hostname + "\n")
-    _write(os.path.join(etc, "hosts"), f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n")
-    for name in spec.filesystem.etc_files:
-        if "/" in name.strip("/") and ".." in name.split("/"):
-            continue
-        host = os.path.join("/etc", name)
-        dst = os.path.join(etc, name)
-        try:
-            st = os.lstat(host)
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
+    root.write("etc/passwd", "".join(
+        f"{n}:x:{u}:{spec.gid if u == spec.uid else u}:{n}:/tmp:/usr/sbin/nologin\n"
+        for u, n in sorted(users.items())).encode())
+    root.write("etc/group", "".join(f"{n}:x:{g}:\n" for g, n in sorted(groups.items())).encode())
+    root.write("etc/hostname", (spec.hostname + "\n").encode())
+    root.write("etc/hosts", f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n".encode())
+    etc = root.dir("etc")
+    try:
+        for name in spec.filesystem.etc_files:
+            name = name.strip("/")
+            if not name or "/" in name or name in (".", ".."):
+                continue  # one entry of the host's /etc each; never a path into it
+            host = os.path.join("/etc", name)
             try:
-                os.symlink(os.readlink(host), dst)
-            except FileExistsError:
-                pass
-        elif stat.S_ISDIR(st.st_mode):
-            _mkdir(dst)
-            _bind(host, dst, readonly=True)
-        elif stat.S_ISREG(st.st_mode) and st.st_size <= MAX_ETC_COPY:
-            try:
-                fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                st = os.lstat(host)
             except OSError:
-                continue  # unreadable to the sandbox's root: leave it out
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    os.symlink(os.readlink(host), name, dir_fd=etc)
+                except FileExistsError:
+                    pass
+            elif stat.S_ISDIR(st.st_mode):
+                _bind_host(root, host, "etc/" + name, create="dir", attrs=RO_ATTRS)
+            elif stat.S_ISREG(st.st_mode) and st.st_size <= MAX_ETC_COPY:
+                try:
+                    fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    continue  # unreadable to the sandbox's root: leave it out
+                try:
+                    data = os.read(fd, MAX_ETC_COPY)
+                finally:
+                    os.close(fd)
+                try:
+                    root.write("etc/" + name, data)
+                except SbxError:
+                    continue  # generated above (passwd, hosts, ...): ours wins
+    finally:
+        os.close(etc)
+
+
+def _host_view(root: NewRoot, spec: Spec) -> None:
+    top = root.dir("")
+    try:
+        for name in HOST_TOP:
+            host = "/" + name
             try:
-                data = os.read(fd, MAX_ETC_COPY)
-            finally:
-                os.close(fd)
-            fdw = os.open(dst, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fdw, data)
-            finally:
-                os.close(fdw)
+                st = os.lstat(host)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(host), name, dir_fd=top)
+            elif stat.S_ISDIR(st.st_mode):
+                _bind_host(root, host, name, create="dir", attrs=RO_ATTRS)
+        for d in ("tmp", "proc", "dev", "sys", "run", "var", "home", "root"):
+            os.mkdir(d, 0o755, dir_fd=top)
+        os.chmod("root", 0o700, dir_fd=top)
+    finally:
+        os.close(top)
+    _etc(root, spec)
 
 
-def _host_view(new: str, spec: Spec) -> None:
-    for name in HOST_TOP:
-        host = "/" + name
-        try:
-            st = os.lstat(host)
-        except OSError:
-            continue
-        dst = os.path.join(new, name)
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(host), dst)
-        elif stat.S_ISDIR(st.st_mode):
-            _mkdir(dst)
-            _bind(host, dst, readonly=True)
-    _etc(new, spec)
-    for d in ("tmp", "proc", "dev", "sys", "run", "var", "home", "root"):
-        _mkdir(os.path.join(new, d), 0o755)
-    os.chmod(os.path.join(new, "root"), 0o700)
-
-
-def _proc(new: str, spec: Spec) -> None:
-    proc = os.path.join(new, "proc")
-    sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    for p in spec.filesystem.readonly_paths:
-        target = os.path.join(new, p.lstrip("/"))
-        try:
-            _bind(target, target, readonly=True, extra=sc.MOUNT_ATTR_NOEXEC)
-        except FileNotFoundError:
-            continue
-    _mask(new, spec.filesystem.masked_paths)
-
-
-def _mask(new: str, paths: tuple[str, ...]) -> None:
+def _mask(root: NewRoot, paths: tuple[str, ...]) -> None:
     for p in paths:
-        target = os.path.join(new, p.lstrip("/"))
         try:
-            st = os.lstat(target)
-        except OSError:
+            fd = root.open(p)
+        except FileNotFoundError:
             continue  # not on this kernel, or under a tree we did not mount
-        if stat.S_ISDIR(st.st_mode):
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "size=0,mode=0555")
-        else:
-            sc.mount("/dev/null", target, None, sc.MS_BIND)
-
-
-def _dev(new: str, spec: Spec, rootless: bool) -> None:
-    dev = os.path.join(new, "dev")
-    _mkdir(dev)
-    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755,size=65536")
-    for node in DEV_NODES:
-        host = "/dev/" + node
-        if not os.path.exists(host):
+        except NotADirectoryError:
             continue
-        dst = os.path.join(dev, node)
-        _touch(dst)
-        sc.mount(host, dst, None, sc.MS_BIND)
-        sc.mount_setattr(-100, dst, 0, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC)
-    for name, target in DEV_LINKS:
-        os.symlink(target, os.path.join(dev, name))
-    pts = os.path.join(dev, "pts")
-    _mkdir(pts)
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                sc.mount("tmpfs", _fdpath(fd), "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                         "size=0,mode=0555")
+            else:
+                tree = clone_tree("/dev/null", recursive=False, attrs=RO_ATTRS | sc.MOUNT_ATTR_NOEXEC)
+                try:
+                    sc.move_mount(tree, "", fd, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+                finally:
+                    os.close(tree)
+        finally:
+            os.close(fd)
+
+
+def _proc(root: NewRoot, spec: Spec) -> None:
+    root.mount("proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    for p in spec.filesystem.readonly_paths:
+        if not root.exists(p):
+            continue
+        _bind_self(root, p, RO_ATTRS | sc.MOUNT_ATTR_NOEXEC)
+    _mask(root, tuple(p for p in spec.filesystem.masked_paths if not p.startswith("/sys/")))
+
+
+def _dev(root: NewRoot, spec: Spec, rootless: bool) -> None:
+    root.mount("dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755,size=65536")
+    dev = root.dir("dev")  # the fresh tmpfs: nothing of the rootfs is beneath it any more
+    try:
+        for node in DEV_NODES:
+            host = "/dev/" + node
+            if not os.path.exists(host):
+                continue
+            os.close(os.open(node, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=dev))
+            _bind_host(root, host, "dev/" + node, create="file", attrs=sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC,
+                       recursive=False)
+        for name, target in DEV_LINKS:
+            os.symlink(target, name, dir_fd=dev)
+        for d, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o755)):
+            os.mkdir(d, mode, dir_fd=dev)
+    finally:
+        os.close(dev)
     opts = "newinstance,ptmxmode=0666,mode=0620" + ("" if rootless else ",gid=5")
     try:
-        sc.mount("devpts", pts, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, opts)
+        root.mount("dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, opts, create=None)
     except OSError:
-        sc.mount("devpts", pts, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
-    shm = os.path.join(dev, "shm")
-    _mkdir(shm, 0o1777)
-    sc.mount("shm", shm, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-             f"mode=1777,size={spec.filesystem.shm_size}")
-    mq = os.path.join(dev, "mqueue")
-    _mkdir(mq)
+        root.mount("dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620",
+                   create=None)
+    root.mount("dev/shm", "tmpfs", "shm", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+               f"mode=1777,size={spec.filesystem.shm_size}", create=None)
     try:
-        sc.mount("mqueue", mq, "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        root.mount("dev/mqueue", "mqueue", "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, create=None)
     except OSError:
-        os.rmdir(mq)
+        dev = root.dir("dev")
+        try:
+            os.rmdir("mqueue", dir_fd=dev)
+        finally:
+            os.close(dev)
 
 
-def _binds(new: str, sources: Sources) -> None:
-    root_fd = os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for bind, src_fd, is_dir in sources.bind_fds:
-            try:
-                tfd = _resolve_in(root_fd, bind.target, create="dir" if is_dir else "file")
-            except OSError as e:
-                raise SbxError(f"cannot create mountpoint {bind.target} in the sandbox: {e.strerror}",
-                               where="-v") from None
-            try:
-                sc.mount(_fdpath(src_fd), _fdpath(tfd), None, sc.MS_BIND | sc.MS_REC)
-            finally:
-                os.close(tfd)
-            # Re-resolve to reach the new mount (tfd names the dentry beneath it).
-            mfd = _resolve_in(root_fd, bind.target)
-            try:
-                attrs = RO_ATTRS if bind.readonly else (sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
-                sc.mount_setattr(mfd, "", sc.AT_RECURSIVE | sc.AT_EMPTY_PATH, attrs)
-            finally:
-                os.close(mfd)
-    finally:
-        os.close(root_fd)
+def _binds(root: NewRoot, sources: Sources) -> None:
+    for bind, tree, is_dir in sources.bind_trees:
+        sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE, RO_ATTRS if bind.readonly else RW_ATTRS)
+        try:
+            root.attach(tree, bind.target, create="dir" if is_dir else "file")
+        except FileNotFoundError:
+            raise root.refuse(bind.target, "cannot be created as a mountpoint") from None
+        except OSError as e:
+            raise SbxError(f"cannot bind {bind.source} to {bind.target} in the sandbox: {e.strerror}",
+                           where="-v") from None
 
 
 def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
     """Build the root, pivot into it, make it read-only. Raises SbxError on failure."""
     fs = spec.filesystem
     step = "making mounts private"
+    root = None
     try:
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         stage = _staging_point()
         step = f"staging tmpfs on {stage}"
         sc.mount("sbx-stage", stage, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=1m")
         new = os.path.join(stage, "root")
-        _mkdir(new)
+        os.mkdir(new, 0o755)
         if sources.rootfs_fd is not None:
             step = f"overlay on rootfs {fs.rootfs}"
             upper, work = os.path.join(stage, "upper"), os.path.join(stage, "work")
-            _mkdir(upper)
-            _mkdir(work)
-            sc.mount("sbx-root", new, "overlay", sc.MS_NOSUID | sc.MS_NODEV,
+            os.mkdir(upper, 0o755)
+            os.mkdir(work, 0o755)
+            sc.mount(ROOT_SOURCE, new, "overlay", sc.MS_NOSUID | sc.MS_NODEV,
                      f"lowerdir={_fdpath(sources.rootfs_fd)},upperdir={upper},workdir={work}")
-            root_fd = os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                for d in ("tmp", "proc", "dev") + (("sys",) if fs.sys else ()):
-                    os.close(_resolve_in(root_fd, d, create="dir"))
-            finally:
-                os.close(root_fd)
+            root = NewRoot(os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), f"--rootfs {fs.rootfs}")
+            step = "rootfs mountpoints"
+            for d in ("tmp", "proc", "dev") + (("sys",) if fs.sys else ()):
+                os.close(root.open(d, create="dir"))
         else:
             step = "root tmpfs"
-            sc.mount("sbx-root", new, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=4m")
+            sc.mount(ROOT_SOURCE, new, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=4m")
+            root = NewRoot(os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), "sandbox root")
             step = "host-view binds"
-            _host_view(new, spec)
+            _host_view(root, spec)
         step = "/tmp"
-        tmp = os.path.join(new, "tmp")
-        sc.mount("tmpfs", tmp, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=1777,size={fs.tmp_size}")
+        root.mount("tmp", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=1777,size={fs.tmp_size}")
         step = "/proc"
-        _proc(new, spec)
+        _proc(root, spec)
         step = "/dev"
-        _dev(new, spec, rootless)
+        _dev(root, spec, rootless)
         if fs.sys:
             step = "/sys"
-            sysd = os.path.join(new, "sys")
-            sc.mount("sysfs", sysd, "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-            _mask(new, tuple(p for p in fs.masked_paths if p.startswith("/sys/")))
+            root.mount("sys", "sysfs", "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+            _mask(root, tuple(p for p in fs.masked_paths if p.startswith("/sys/")))
         step = "binds"
-        _binds(new, sources)
+        _binds(root, sources)
         step = "/dev read-only"
-        sc.mount_setattr(-100, os.path.join(new, "dev"), 0, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC)
+        root.setattr("dev", sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC)
         step = "pivot_root"
-        os.chdir(new)
+        os.fchdir(root.fd)
         sc.pivot_root(".", ".")
         sc.umount2(".", sc.MNT_DETACH)
         os.chdir("/")
         if fs.read_only:
             step = "read-only root"
-            sc.mount_setattr(-100, "/", 0, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+            sc.mount_setattr(sc.AT_FDCWD, "/", 0, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
     except SbxError:
         raise
     except OSError as e:
@@ -367,4 +537,28 @@ def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
             raise SbxError("cannot mount a fresh /proc (is this host's /proc partly masked, e.g. inside a container?)") from None
         raise _fail(step, e) from None
     finally:
+        if root is not None:
+            _close(root.fd)
         sources.close()
+
+
+def expected_mountpoints(spec: Spec) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Where sbx mounts things in this sandbox: (exact mountpoints, prefixes whose submounts are expected).
+
+    Verification compares the workload's mountinfo with this: a mount anywhere
+    else (a host tree that leaked above the root, a tmpfs that landed outside
+    the sandbox) fails the launch.
+    """
+    fs = spec.filesystem
+    exact = {"/", "/tmp", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"}
+    exact.update("/dev/" + n for n in DEV_NODES)
+    exact.update(p for p in fs.readonly_paths + fs.masked_paths if p.startswith("/proc/"))
+    trees = [b.target for b in fs.binds]
+    if fs.sys:
+        exact.add("/sys")
+        exact.update(p for p in fs.masked_paths if p.startswith("/sys/"))
+    if fs.rootfs is None:
+        trees.extend("/" + n for n in HOST_TOP)
+        trees.extend("/etc/" + n.strip("/") for n in fs.etc_files)
+    exact.update(trees)
+    return frozenset(exact), tuple(t.rstrip("/") + "/" for t in trees)

@@ -103,6 +103,7 @@ def check(spec: Spec, f: ProcFacts, *, host_uid: int | None, host_gid: int | Non
             v.need(f"{ours} namespace", f.ns[procname] != f.host_ns[procname], "shared with the host")
 
     # Mounts, as the workload sees them (mountinfo is relative to its root).
+    _check_mount_table(v, spec, f)
     root = f.mount_at("/")
     if spec.filesystem.read_only:
         v.need("read-only root", root is not None and root.readonly, "root is writable")
@@ -129,6 +130,33 @@ def check(spec: Spec, f: ProcFacts, *, host_uid: int | None, host_gid: int | Non
         v.need("cpuset", _cpulist(st.cpus_allowed_list) == _cpulist(spec.resources.cpuset_cpus),
                f"Cpus_allowed_list is {st.cpus_allowed_list}, wanted {spec.resources.cpuset_cpus}")
     return v
+
+
+def _check_mount_table(v: Verification, spec: Spec, f: ProcFacts) -> None:
+    """The sandbox's / is sbx's root mount, alone there, and every mount sits where sbx put one.
+
+    This is what a hostile root filesystem breaks when a mount is misplaced: the
+    host's mount tree stacked around the sandbox's root (`/..` is the host's /),
+    or a tmpfs over the host root. No mount may expose the host's root file
+    system at its top either, unless a bind asked for exactly that.
+    """
+    import os
+
+    from .mounts import ROOT_SOURCE, expected_mountpoints
+
+    roots = [m for m in f.mounts if m.mountpoint == "/"]
+    v.need("root mount", len(roots) == 1 and roots[0].source == ROOT_SOURCE,
+           f"expected one {ROOT_SOURCE} mount at /, found "
+           + (", ".join(f"{m.fstype} {m.source}" for m in roots) or "none"))
+    exact, trees = expected_mountpoints(spec)
+    stray = [m.mountpoint for m in f.mounts if m.mountpoint not in exact and not m.mountpoint.startswith(trees)]
+    v.need("mount table", not stray, f"mounts sbx did not make: {', '.join(stray[:5])}"
+           + (f" (+{len(stray) - 5} more)" if len(stray) > 5 else ""))
+    st = os.stat("/")
+    host_root = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    asked = {b.target for b in spec.filesystem.binds if os.path.realpath(b.source) == "/"}
+    exposed = [m.mountpoint for m in f.mounts if m.dev == host_root and m.root == "/" and m.mountpoint not in asked]
+    v.need("host root not mounted", not exposed, f"the host's root file system is mounted at {', '.join(exposed[:5])}")
 
 
 def _exists_in(pid: int, path: str) -> bool:
