@@ -123,10 +123,14 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
         sc.setns(fds["pid"], sc.CLONE_NEWPID)  # our children are born in the sandbox's pid namespace
     except OSError as e:
         raise SbxError(f"cannot enter the sandbox's pid namespace: {e.strerror}", where="exec") from None
+    from . import stdio
+    relay = stdio.Relay.for_caller()  # the caller's terminal never reaches the sandbox
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child; never returns
-        _child(plan, chan, fds, root_fd, argv, env, cwd, rootless)
+        _child(plan, chan, fds, root_fd, argv, env, cwd, rootless, relay)
     chan.parent_close()
+    if relay is not None:
+        relay.in_parent()
     buf = bytearray()
     try:
         try:
@@ -151,13 +155,22 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
         fwd = launch._Forwarder()  # signals to `sbx exec` go to the exec'd command
         fwd.arm(pid)
         try:
+            pidfd = os.pidfd_open(pid)
+            try:
+                stdio.wait(pidfd, relay, None)
+            finally:
+                os.close(pidfd)
             status = launch._reap(pid)
+            if relay is not None:
+                relay.drain()
         finally:
             fwd.restore()
         code = status_to_code(status)
         events.emit("exec_die", entry.id, entry.name, exit_code=code)
         return code
     finally:
+        if relay is not None:
+            relay.close()
         launch._close(chan.ctl_w)
         launch._close(chan.status_r)
 
@@ -178,12 +191,15 @@ def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -
 
 
 def _child(plan, chan, fds: dict[str, int], root_fd: int, argv: list[str], env: dict[str, str], cwd: str,
-           rootless: bool) -> None:
+           rootless: bool, relay) -> None:
     from . import launch
 
     stage = "exec setup"
     try:
         chan.child_close()
+        if relay is not None:
+            relay.in_child()
+        os.setsid()  # no controlling terminal, as for the workload
         # Born in the sandbox's pid namespace, our parent (outside it) reads as pid 0.
         launch._pdeathsig(0)
         chan.wait_token(b"1")  # parent has put us in the sandbox's cgroup

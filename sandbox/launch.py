@@ -38,7 +38,7 @@ import sys
 import time
 from .records import field, record
 
-from . import cgwarm, facts, hostpath, syscalls as sc
+from . import cgwarm, facts, hostpath, stdio, syscalls as sc
 from .hostpath import HostPath
 from .sig import signal
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, SbxError, VerifyError
@@ -145,10 +145,13 @@ def _pdeathsig(expected_parent: int) -> None:
         os._exit(EXIT_REFUSED)  # parent died before we armed the signal
 
 
-def _setup_child(plan: Plan, chan: _Chan, parent: int) -> None:
+def _setup_child(plan: Plan, chan: _Chan, parent: int, relay: stdio.Relay | None) -> None:
     """First child: still in the host pid namespace. Unshares, forks init, exits. Never returns."""
     stage = "setup"
     try:
+        if relay is not None:
+            relay.in_child()  # pipes, not the caller's terminal, become fds 0-2
+        os.setsid()  # no controlling terminal: /dev/tty cannot reach the caller's
         for sig in _FORWARD:
             signal.signal(sig, signal.SIG_DFL)  # not sbx's forwarding handlers
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
@@ -593,6 +596,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
                     "started": time.time()}
     chan = _Chan()
     parent = os.getpid()
+    relay = stdio.Relay.for_caller()
     fwd = _Forwarder()
     _subreaper(True)
     try:
@@ -600,11 +604,16 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
     except OSError as e:
         _subreaper(False)
         fwd.restore()
+        if relay is not None:
+            relay.in_parent()
+            relay.close()
         release(plan)
         raise SbxError(f"fork failed: {e.strerror}") from None
     if setup_pid == 0:
-        _setup_child(plan, chan, parent)
+        _setup_child(plan, chan, parent, relay)
     chan.parent_close()
+    if relay is not None:
+        relay.in_parent()
     buf = bytearray()
     early: list[dict] = []
     init_pid = workload_pid = None
@@ -691,7 +700,7 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
         record["startup_ms"] = round((time.monotonic() - t0) * 1000, 2)
         if on_started is not None:
             on_started(sid, init_pid, workload_pid, record=record)
-        status, timed_out = _wait(init_pid, spec.timeout, plan)
+        status, timed_out = _wait(init_pid, spec.timeout, plan, relay)
         from .initproc import status_to_code
         code = EXIT_TIMEOUT if timed_out else status_to_code(status)
         oom = False
@@ -711,6 +720,8 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
     finally:
         if warm is not None:
             warm.stop()
+        if relay is not None:
+            relay.close()
         fwd.restore()
         _close(chan.ctl_w)
         _close(chan.status_r)
@@ -817,19 +828,13 @@ class _Forwarder:
             signal.signal(_FORWARD[0], first)
         except ValueError:
             return  # not the main thread: Python delivers signals only there, leave handlers alone
-        try:
-            # A terminal's ^C/^\ already reached the workload (same process group); don't double it.
-            self.tty_fg = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
-        except OSError:
-            self.tty_fg = False
         for sig in _FORWARD:
             self.old[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signo, _frame) -> None:
         if os.getpid() != self._owner:
             return  # a forked sandbox process before it reset its handlers
-        if self.tty_fg and signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH):
-            return
+        # The sandbox is a session of its own: a terminal's ^C reaches only sbx, which passes it on.
         if self.target is None:
             self.pending.append(signo)
             return
@@ -849,18 +854,16 @@ class _Forwarder:
         self.old = {}
 
 
-def _wait(pid: int, timeout: float | None, plan: Plan) -> tuple[int, bool]:
-    """Wait for the sandbox and enforce --timeout. Returns (status, timed_out)."""
+def _wait(pid: int, timeout: float | None, plan: Plan, relay: stdio.Relay | None = None) -> tuple[int, bool]:
+    """Wait for the sandbox (relaying its streams) and enforce --timeout. Returns (status, timed_out)."""
     pidfd = os.pidfd_open(pid)
     try:
-        deadline = time.monotonic() + timeout if timeout else None
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            r, _, _ = select.select([pidfd], [], [], left)
-            if r:
-                return _reap(pid), False
-            if deadline is not None and time.monotonic() >= deadline:
-                _kill_tree(pid, plan)
-                return _reap(pid), True
+        ended = stdio.wait(pidfd, relay, timeout or None)
+        if not ended:
+            _kill_tree(pid, plan)
+        status = _reap(pid)
+        if relay is not None:
+            relay.drain()
+        return status, not ended
     finally:
         os.close(pidfd)
