@@ -67,7 +67,6 @@ _FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 
 ACCESS_NAMES = ("ro", "rw", "wfile")
 
-FAKE_NO_LANDLOCK_ENV = "SBX_FAKE_NO_LANDLOCK"
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -107,13 +106,10 @@ def _libc() -> ctypes.CDLL:
 def abi_version() -> int:
     """The kernel's Landlock ABI; 0 when Landlock is not built in or is disabled at boot.
 
-    SBX_FAKE_NO_LANDLOCK=1 makes this report 0. It exists only so a test can
-    simulate a host without Landlock to prove the "required" refusal; it never
-    weakens enforcement (apply() on a real kernel still refuses to run without
-    a ruleset).
+    Always the kernel's own answer: no switch may make sbx believe Landlock is
+    missing (that would drop it from every if-available profile). Tests simulate
+    such a host with a seccomp filter under sbx (tests/hostsim.py).
     """
-    if os.environ.get(FAKE_NO_LANDLOCK_ENV) == "1":
-        return 0
     rv = _libc().syscall(ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
                          ctypes.c_uint32(_CREATE_RULESET_VERSION))
     return int(rv) if rv > 0 else 0

@@ -45,17 +45,55 @@ def ensure_private_dir(path: str) -> str:
     return path
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write data to path via a temp file and rename, so readers never see half a file."""
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+def read_private(path: str, limit: int) -> bytes | None:
+    """A cache or state file's bytes, or None unless it is a regular file of ours that nobody else
+    can write (a cache planted by someone else must never decide what a sandbox gets)."""
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_size > limit:
+            return None
+        return os.read(fd, limit + 1)
+    except OSError:
+        return None
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write data to path via a temp file and rename, so readers never see half a file.
+
+    The temp file has an unguessable name and is created exclusively (O_EXCL,
+    O_NOFOLLOW) in the target's own directory, so nobody can pre-create it, own
+    it, or point it elsewhere with a symlink.
+    """
+    d = os.path.dirname(path) or "."
+    for _ in range(16):
+        tmp = os.path.join(d, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"cannot create a temporary file next to {path}")
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask does not decide who may read it
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -8,15 +8,11 @@ from .errors import SbxError
 
 
 def write_record(path: str, record: dict) -> None:
+    """The record at `path`, 0600, written atomically through an exclusively created temp file."""
+    from .paths import atomic_write
+
     data = (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode()
-    d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomic_write(os.path.abspath(path), data, mode=0o600)
     except OSError as e:
-        raise SbxError(f"cannot write run record: {e.strerror}", where=path) from None
+        raise SbxError(f"cannot write run record: {e.strerror or e}", where=path) from None

@@ -132,20 +132,10 @@ def _cache_path(key: str) -> str:
 
 def _cache_get(key: str) -> bytes | None:
     """The cached program, or None if missing, foreign-owned, writable by others or corrupt."""
-    try:
-        fd = os.open(_cache_path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    from .paths import read_private
+    blob = read_private(_cache_path(key), len(CACHE_MAGIC) + 32 + BPF_MAXINSNS * 8)
+    if blob is None:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022 \
-                or st.st_size > len(CACHE_MAGIC) + 32 + BPF_MAXINSNS * 8:
-            return None
-        blob = os.read(fd, st.st_size + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     head = len(CACHE_MAGIC) + 32
     if len(blob) <= head or not blob.startswith(CACHE_MAGIC):
         return None

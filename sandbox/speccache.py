@@ -21,6 +21,7 @@ from .records import replace
 from .spec import Spec, canonical, spec_from_dict
 
 VERSION = 2
+MAX_ENTRY = 1 << 20
 
 
 def _stat_sig(path: str) -> list:
@@ -43,8 +44,10 @@ def resolve(argv, profile: str, **flags) -> Spec:
     key = _key(profile, flags)
     path = os.path.join(_dir(), key + ".bin")
     try:
-        with open(path, "rb") as f:
-            entry = marshal.loads(f.read())
+        blob = paths.read_private(path, MAX_ENTRY)
+        if blob is None:
+            raise ValueError("no usable entry")
+        entry = marshal.loads(blob)
         if all(_stat_sig(s[0]) == s for s in entry["files"]):
             return replace(spec_from_dict(entry["spec"]), argv=tuple(argv))
     except (OSError, ValueError, EOFError, KeyError, TypeError, IndexError):

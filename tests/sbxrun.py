@@ -12,7 +12,7 @@ PROFILE = os.environ.get("SBX_TEST_PROFILE", "strict")
 
 
 def sbx(*args: str, input: str | bytes | None = None, timeout: float = 60, user: str | None = None,
-        env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        env: dict | None = None, check: bool = False, preexec=None) -> subprocess.CompletedProcess:
     """Run `python -m sandbox ARGS`; returns CompletedProcess with text stdout/stderr."""
     cmd = [sys.executable, "-m", "sandbox", *args]
     full_env = dict(os.environ)
@@ -21,6 +21,8 @@ def sbx(*args: str, input: str | bytes | None = None, timeout: float = 60, user:
     if env:
         full_env.update(env)
     kw = {}
+    if preexec is not None:
+        kw["preexec_fn"] = preexec
     if user is not None:
         pw = pwd.getpwnam(user)
         cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", *cmd]

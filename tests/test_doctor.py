@@ -115,9 +115,10 @@ def test_blocked_user_namespaces_fail_with_the_fix():
 
 
 def test_no_landlock_is_a_warning_for_strict():
-    """Simulates a host without Landlock with the test-only SBX_FAKE_NO_LANDLOCK=1 override:
+    """A host without Landlock (the kernel's ENOSYS through a seccomp filter under sbx, tests/hostsim.py):
     strict asks for Landlock only if available, so this warns but does not block."""
-    p = _doctor("--json", env={landlock.FAKE_NO_LANDLOCK_ENV: "1"})
+    from tests.hostsim import no_landlock
+    p = _doctor("--json", preexec=no_landlock)
     rep = _json(p)
     ll = _check(rep, "landlock")
     assert rep["facts"]["landlock_abi"] == 0 and ll["status"] == "warn" and ll["fix"]

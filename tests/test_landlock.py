@@ -189,15 +189,23 @@ def test_plan_levels():
         assert p is not None and p.abi == ABI and Rule("/", "ro") in p.rules
 
 
-def test_required_refused_on_host_without_landlock(monkeypatch):
-    """Simulates a host without Landlock via the test-only SBX_FAKE_NO_LANDLOCK=1 override
-    (abi_version() reports 0); no kernel behaviour is faked in enforcement tests."""
-    monkeypatch.setenv(landlock.FAKE_NO_LANDLOCK_ENV, "1")
-    assert landlock.abi_version() == 0
-    with pytest.raises(SbxError) as ei:
-        landlock.plan(Spec(argv=("true",), security=Security(landlock="required")))
-    assert ei.value.code == 125 and "Landlock" in ei.value.message
-    assert landlock.plan(Spec(argv=("true",), security=Security(landlock="if-available"))) is None
+def test_required_refused_on_host_without_landlock():
+    """A host without Landlock, made real for a forked child (tests/hostsim.py: the kernel's ENOSYS)."""
+    from tests.forked import in_child
+    from tests.hostsim import no_landlock
+
+    def probe():
+        no_landlock()
+        out = {"abi": landlock.abi_version()}
+        try:
+            landlock.plan(Spec(argv=("true",), security=Security(landlock="required")))
+        except SbxError as e:
+            out.update(code=e.code, message=e.message)
+        out["if_available"] = landlock.plan(Spec(argv=("true",), security=Security(landlock="if-available")))
+        return out
+    r = in_child(probe)
+    assert r["abi"] == 0 and r["code"] == 125 and "Landlock" in r["message"], r
+    assert r["if_available"] is None
 
 
 # The end-to-end runs isolate the Landlock stage: seccomp and cgroup caps are
@@ -214,7 +222,7 @@ resources: {{memory: null, memory_swap: null, cpus: null, pids_limit: null}}
 """
 
 
-def _e2e(level: str, script: str, env: dict | None = None):
+def _e2e(level: str, script: str, env: dict | None = None, preexec=None):
     from tests.sbxrun import sbx
     d = tempfile.mkdtemp(prefix="sbx-ll-e2e-")
     try:
@@ -222,7 +230,7 @@ def _e2e(level: str, script: str, env: dict | None = None):
         with open(prof, "w") as f:
             f.write(E2E_PROFILE.format(level=level))
         rec = os.path.join(d, "rec.json")
-        p = sbx("run", "--profile", prof, "--record", rec, "--", "/bin/sh", "-c", script, env=env)
+        p = sbx("run", "--profile", prof, "--record", rec, "--", "/bin/sh", "-c", script, env=env, preexec=preexec)
         record = json.load(open(rec)) if os.path.exists(rec) else None
         return p, record
     finally:
@@ -230,17 +238,34 @@ def _e2e(level: str, script: str, env: dict | None = None):
 
 
 def test_required_refused_end_to_end_on_host_without_landlock():
-    """`sbx run` with landlock required on a host reporting no Landlock (simulated with the
-    test-only SBX_FAKE_NO_LANDLOCK=1 override) refuses with 125 and one line naming Landlock;
-    if-available runs and records "landlock: not available"."""
-    env = {landlock.FAKE_NO_LANDLOCK_ENV: "1"}
-    p, _ = _e2e("required", "true", env)
+    """`sbx run` with landlock required on a host without Landlock (the kernel's ENOSYS, through a
+    seccomp filter under sbx) refuses with 125 and one line naming Landlock; if-available runs and
+    records "landlock: not available"."""
+    from tests.hostsim import no_landlock
+    p, _ = _e2e("required", "true", preexec=no_landlock)
     assert p.returncode == 125, p.stderr
     assert "Landlock" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    p, rec = _e2e("if-available", "true", env)
+    p, rec = _e2e("if-available", "true", preexec=no_landlock)
     assert p.returncode == 0, p.stderr
     assert "landlock: not available" in rec["notes"]
     assert not rec.get("landlock_abi")
+
+
+@needs_landlock
+def test_no_environment_variable_drops_landlock():
+    """The review's bypass: SBX_FAKE_NO_LANDLOCK=1 made strict run without Landlock, recorded as
+    "not available" with verification ok. Now the kernel's answer is the only one."""
+    from tests.sbxrun import sbx
+    d = tempfile.mkdtemp(prefix="sbx-ll-env-")
+    try:
+        rec = os.path.join(d, "rec.json")
+        p = sbx("run", "--profile", "strict", "--record", rec, "--", "/bin/sh", "-c", "cat /etc/hostname",
+                env={"SBX_FAKE_NO_LANDLOCK": "1"})
+        assert p.returncode == 0, p.stderr
+        record = json.load(open(rec))
+        assert record["landlock_abi"] == ABI and "landlock: not available" not in record["notes"], record
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @needs_landlock
