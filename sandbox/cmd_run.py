@@ -96,10 +96,10 @@ def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
     from .speccache import resolve
 
     spec = resolve(list(cmd), profile=profile, record=record, **kw)
-    if spec.policy:
-        from .admission import admit
-        admit(spec)
     if explain:
+        if spec.policy:
+            from .admission import admit
+            admit(spec)  # launch admits again for real; --explain says now whether it would
         import json
         print(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
         return 0

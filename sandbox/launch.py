@@ -369,6 +369,11 @@ def prepare(spec: Spec, sandbox_id: str) -> Plan:
     """Everything that can fail before a process exists: refuse early, with one line."""
     from . import rlimits, userns
 
+    if spec.policy:
+        # Admission belongs to the launch itself, so no entry point (CLI, API, `sbx start`,
+        # a supervisor) can start a sandbox its policy refuses.
+        from .admission import admit
+        admit(spec)
     rlimits.check(spec.rlimits)
     fs = spec.filesystem
     rootfs_src = hostpath.resolve(fs.rootfs, what="--rootfs") if fs.rootfs else None

@@ -159,6 +159,11 @@ def run_detached(spec: Spec, *, sandbox_id: str | None = None) -> str:
     """
     from .profiles import new_id
 
+    if spec.policy:
+        # Refuse before any state exists (the supervisor's launch admits again): a fresh sandbox is
+        # not created, a stopped one (`sbx start`) stays stopped, under the policy as it is now.
+        from .admission import admit
+        admit(spec)
     if sandbox_id is None:
         sid = new_id()
         config = {"id": sid, "name": spec.name, "created": time.time(), "spec": spec.to_dict()}

@@ -498,7 +498,7 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         rlimits=tuple(rl[k] for k in sorted(rl)),
         timeout=timeout,
         degrade=degrade == "allow",
-        policy=flags.get("policy"),
+        policy=_policy_ref(flags.get("policy")),
         detach=bool(flags.get("detach")),
         remove=bool(flags.get("rm")),
         record=flags.get("record"),
@@ -597,3 +597,10 @@ def _security_opts(sec: Security, opts, profile_name: str) -> Security:
 
 def new_id() -> str:
     return os.urandom(32).hex()
+
+
+def _policy_ref(ref: str | None) -> str | None:
+    """A policy path becomes absolute, so `sbx start` re-checks the same file from any directory."""
+    if ref and ("/" in ref or ref.endswith((".yaml", ".yml"))):
+        return os.path.abspath(ref)
+    return ref

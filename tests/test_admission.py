@@ -58,3 +58,37 @@ def test_waiver_applies_until_it_expires(tmp_path):
     pol.write_text(body.format(exp=past))
     expired = sbx("run", "--profile", "strict", "--policy", str(pol), "--name", "legacy-1", "--", "/bin/true")
     assert expired.returncode == 125 and ("SBX-P050" in expired.stderr or "SBX-P099" in expired.stderr)
+
+
+def test_python_api_is_admitted_too(tmp_path):
+    """Admission used to run only in the CLI: the API started what the policy refuses."""
+    from tests.forked import in_child
+
+    def attempt():
+        from sandbox import resolve, run
+        spec = resolve(["/bin/touch", str(tmp_path / "ran")], profile="default", cap_add=("SYS_ADMIN",),
+                       policy="restricted")
+        r = run(spec)
+        return {"exit_code": r.exit_code}
+    os.chmod(tmp_path, 0o777)
+    r = in_child(attempt)
+    assert r.get("code") == 125 and "SBX-P00" in r.get("sbx_error", ""), r
+    assert not (tmp_path / "ran").exists()
+
+
+def test_start_rechecks_the_saved_policy(tmp_path):
+    pol = tmp_path / "p.yaml"
+    pol.write_text("apiVersion: sbx/v1\nname: p\nresources:\n  memory: {required: true, max: 1g}\n")
+    p = sbx("run", "-d", "--profile", "strict", "--policy", str(pol), "--", "/bin/sleep", "30")
+    assert p.returncode == 0, p.stderr
+    sid = p.stdout.strip()
+    try:
+        assert sbx("stop", "-t", "1", sid).returncode == 0
+        pol.write_text("apiVersion: sbx/v1\nname: p\nresources:\n  memory: {required: true, max: 128m}\n")
+        p = sbx("start", sid)
+        assert p.returncode == 125 and "SBX-P050" in p.stderr, (p.stdout, p.stderr)
+        ps = sbx("ps", "-a")
+        line = next(x for x in ps.stdout.splitlines() if x.startswith(sid[:12]))
+        assert "exited" in line.lower() and "up " not in line.lower(), line
+    finally:
+        sbx("rm", "-f", sid)
