@@ -146,12 +146,26 @@ def blocked_calls(tmpdir: str) -> dict:
         "socket(AF_VSOCK)": sc("socket", 40, 1, 0),
         "socket(AF_PACKET)": sc("socket", 17, 3, 0),
         "clone3(NULL)": sc("clone3", 0, 0),
+        "vmsplice(-1)": sc("vmsplice", -1, 0, 0, 0),
+        "io_setup(1)": _io_setup(),
+        "io_destroy(0)": sc("io_destroy", 0),
+        "io_submit(0)": sc("io_submit", 0, 0, 0),
+        "io_cancel(0)": sc("io_cancel", 0, 0, 0),
+        "io_getevents(0)": sc("io_getevents", 0, 0, 0, 0, 0),
+        "io_pgetevents(0)": sc("io_pgetevents", 0, 0, 0, 0, 0, 0),
     }
     for fd in (pty_m, pty_s, uts):
         os.close(fd)
     # Last: once in a new user namespace the process has no privilege left over the host's objects.
     res["unshare(CLONE_NEWUSER)"] = sc("unshare", CLONE_NEWUSER)
     return res
+
+
+def _io_setup() -> int:
+    """One AIO context (unfiltered: 0). Native AIO reserves from the host-wide fs.aio-max-nr."""
+    ctx = ctypes.c_ulong(0)
+    r = LIBC.syscall(ctypes.c_long(nr("io_setup")), ctypes.c_long(1), ctypes.byref(ctx))
+    return -ctypes.get_errno() if r == -1 else r
 
 
 @pytest.fixture(scope="module")
@@ -517,7 +531,8 @@ fsconfig keyctl add_key request_key bpf perf_event_open io_uring_setup io_uring_
 open_by_handle_at name_to_handle_at kexec_load kexec_file_load init_module finit_module delete_module reboot
 settimeofday stime clock_settime clock_adjtime adjtimex swapon swapoff ptrace process_vm_readv process_vm_writev
 acct quotactl quotactl_fd lookup_dcookie vhangup syslog uselib chroot kcmp pidfd_getfd iopl ioperm modify_ldt
-fanotify_init create_module nfsservctl sethostname setdomainname""".split()
+fanotify_init create_module nfsservctl sethostname setdomainname
+io_setup io_destroy io_submit io_cancel io_getevents io_pgetevents vmsplice""".split()
 
 
 def test_strict_json_never_allows_the_dangerous_set():
@@ -534,3 +549,16 @@ def test_strict_json_never_allows_the_dangerous_set():
     assert all(args for _, args in allowed["clone"]) and all(args for _, args in allowed["personality"])
     assert all(args for _, args in allowed["socket"]) and all(args for _, args in allowed["ioctl"])
     assert not prof.arches  # native ABI only: 32-bit and x32 syscalls hit the kill-process bad-arch action
+
+
+def test_strict_sandbox_cannot_exhaust_the_hosts_aio_contexts():
+    """One io_setup(65536) from an unfiltered process takes the host-wide fs.aio-max-nr (65536 here):
+    every host program using native AIO then fails while it runs. Under strict it gets EPERM."""
+    from tests.sbxrun import sbx
+    script = ("import ctypes; l=ctypes.CDLL(None, use_errno=True); c=ctypes.c_ulong(0); "
+              "r=l.syscall(206, 65536, ctypes.byref(c)); print(r, ctypes.get_errno())")
+    before = int(open("/proc/sys/fs/aio-nr").read())
+    p = sbx("run", "--profile", "strict", "--", "/usr/bin/python3", "-c", script)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["-1", str(errno.EPERM)], p.stdout
+    assert int(open("/proc/sys/fs/aio-nr").read()) == before
