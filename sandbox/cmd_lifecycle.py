@@ -18,7 +18,7 @@ import time
 import click
 
 from . import events, state
-from .errors import EXIT_REFUSED, SbxError, escape
+from .errors import EXIT_REFUSED, SbxError, escape, escape_output
 
 STOP_TIMEOUT = 10
 
@@ -203,7 +203,7 @@ def _records(d: str):
                 yield rec
 
 
-def _emit(rec, timestamps: bool, pending: dict) -> None:
+def _emit(rec, timestamps: bool, pending: dict, raw: bool = False) -> None:
     ts, stream, complete, data = rec
     out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
     head = pending.pop(stream, None)
@@ -212,16 +212,28 @@ def _emit(rec, timestamps: bool, pending: dict) -> None:
         return
     if head is not None:
         ts, data = head[0], head[1] + data
+    if not raw and _isatty(out):
+        # The workload wrote these bytes; the reader's terminal must not obey them (OSC 52, titles, ...).
+        data = escape_output(data)
     out.write((ts.encode() + b" " if timestamps else b"") + data + b"\n")
     out.flush()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return os.isatty(stream.fileno())
+    except (OSError, ValueError):
+        return False
 
 
 @click.command("logs", help="Print a sandbox's stdout and stderr (each to its own stream).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the sandbox exits.")
 @click.option("-n", "--tail", type=str, default="all", help="Only the last N lines ('all').")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.option("--raw", is_flag=True, help="Bytes as written, even to a terminal (default there: control "
+                                           "sequences are escaped).")
 @click.argument("ref")
-def logs_cmd(follow: bool, tail: str, timestamps: bool, ref: str) -> int:
+def logs_cmd(follow: bool, tail: str, timestamps: bool, raw: bool, ref: str) -> int:
     e = state.resolve(ref)
     if tail != "all" and not tail.isdigit():
         raise SbxError(f"--tail wants a number or 'all', got {escape(tail)!r}", where="logs")
@@ -239,13 +251,13 @@ def logs_cmd(follow: bool, tail: str, timestamps: bool, ref: str) -> int:
         recs = list(reversed(kept))
     pending: dict = {}
     for rec in recs:
-        _emit(rec, timestamps, pending)
+        _emit(rec, timestamps, pending, raw)
     if follow:
-        _follow(e, timestamps, pending)
+        _follow(e, timestamps, pending, raw)
     return 0
 
 
-def _follow(e: state.Entry, timestamps: bool, pending: dict) -> None:
+def _follow(e: state.Entry, timestamps: bool, pending: dict, raw: bool = False) -> None:
     from .lifecycle import LOG_NAME, parse_log_line
     path = os.path.join(e.dir, LOG_NAME)
     try:
@@ -263,7 +275,7 @@ def _follow(e: state.Entry, timestamps: bool, pending: dict) -> None:
                 for line in lines:
                     rec = parse_log_line(line)
                     if rec is not None:
-                        _emit(rec, timestamps, pending)
+                        _emit(rec, timestamps, pending, raw)
                 continue
             try:
                 if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:

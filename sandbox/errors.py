@@ -45,3 +45,32 @@ def escape(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+# Code points that reorder or hide text on a terminal (Trojan Source): bidi embeddings,
+# overrides and isolates, zero-width characters, the BOM.
+INVISIBLE = frozenset(list(range(0x200B, 0x2010)) + list(range(0x202A, 0x202F)) + list(range(0x2066, 0x206A))
+                      + [0x061C, 0xFEFF, 0x2028, 0x2029])
+
+
+def escape_output(data: bytes) -> bytes:
+    """A workload's output made safe for the reader's terminal (`sbx logs` on a tty).
+
+    Escape sequences (ESC: OSC 52 clipboard writes, titles, screen clears), every
+    other C0/C1 control but tab, DEL, bytes that are not UTF-8, and the
+    invisible/bidi code points are shown as \\xNN / \\uNNNN; newlines are the
+    caller's line breaks and never reach here.
+    """
+    text = data.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte that was not valid UTF-8
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif (o < 0x20 and ch != "\t") or o == 0x7F:
+            out.append(f"\\x{o:02x}")
+        elif 0x80 <= o < 0xA0 or o in INVISIBLE:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out).encode("utf-8")

@@ -170,3 +170,43 @@ def test_exec_gets_no_terminal_of_the_caller():
         assert "notty0" in out and "notty1" in out and "notty2" in out and "devtty:refused" in out, out
     finally:
         sbx("rm", "-f", sid)
+
+
+HOSTILE_OUTPUT = r"printf 'clip\033]52;c;ZXZpbA==\007 title\033]0;owned\007 clear\033[2J bidi\342\200\256txt end\n'"
+
+
+def _logs_on_pty(sid: str, *extra: str) -> bytes:
+    p, master, slave = _spawn_on_pty(["logs", *extra, sid])
+    try:
+        out = _Reader(master).until(b"end", 30)
+        p.wait(30)
+        return out
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+        os.close(slave)
+
+
+def test_logs_escape_terminal_control_sequences_on_a_terminal():
+    """`sbx logs` replayed a workload's OSC 52 (clipboard write), title and clear-screen sequences to
+    the reader's terminal. On a terminal they are now shown escaped; --raw and pipes get the bytes."""
+    from tests.sbxrun import sbx
+    p = sbx("run", "-d", "--", "/bin/sh", "-c", HOSTILE_OUTPUT)
+    assert p.returncode == 0, p.stderr
+    sid = p.stdout.strip()
+    try:
+        for _ in range(100):
+            if "end" in sbx("logs", sid).stdout:
+                break
+            time.sleep(0.05)
+        shown = _logs_on_pty(sid)
+        assert b"\x1b" not in shown and b"\x07" not in shown and "\u202e".encode() not in shown, shown
+        assert b"\\x1b]52;c;ZXZpbA==\\x07" in shown and b"\\u202e" in shown, shown
+        raw = _logs_on_pty(sid, "--raw")
+        assert b"\x1b]52;c;ZXZpbA==\x07" in raw
+        piped = sbx("logs", sid)
+        assert "\x1b]0;owned\x07" in piped.stdout  # not a terminal: the bytes, as docker gives them
+    finally:
+        sbx("rm", "-f", sid)
