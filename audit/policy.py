@@ -40,26 +40,26 @@ CHECK_ID = re.compile(r"^SBX-[A-Z]\d{3}$")
 
 SCHEMA: dict = {
     "apiVersion": "str", "kind": "str", "name": "str", "description": "str",
-    "capabilities": {"allowed": "list", "denied": "list", "privileged": "str"},
-    "identity": {"run_as_non_root": "bool", "allowed_uids": "list", "userns_required": "bool"},
+    "capabilities": {"allowed": "strs", "denied": "strs", "privileged": "str"},
+    "identity": {"run_as_non_root": "bool", "allowed_uids": "ranges", "userns_required": "bool"},
     "controls": {"no_new_privs": "str", "seccomp": "str", "read_only_root": "str", "landlock": "str",
-                 "apparmor_profiles": "list", "selinux_types": "list"},
-    "namespaces": {"host_shared_allowed": "list"},
-    "mounts": {"denied_host_paths": "list", "rw_allowed_host_paths": "list", "runtime_sockets": "str"},
+                 "apparmor_profiles": "strs", "selinux_types": "strs"},
+    "namespaces": {"host_shared_allowed": "strs"},
+    "mounts": {"denied_host_paths": "strs", "rw_allowed_host_paths": "strs", "runtime_sockets": "str"},
     "resources": {
         "memory": {"required": "bool", "max": "size"},
         "pids": {"required": "bool", "max": "int"},
         "cpu": {"required": "bool", "max": "num"},
         "rlimits": "map",
     },
-    "network": {"allowed_modes": "list", "published_ports": "str", "host_network": "str",
+    "network": {"allowed_modes": "strs", "published_ports": "str", "host_network": "str",
                 "bind_all_interfaces": "str"},
     "waivers": "list",
     "mac": {
-        "files": {"read": "list", "write": "list", "exec": "list"},
-        "network": "list",
-        "syscalls": {"base": "str", "allow": "list", "deny": "list"},
-        "capabilities": "list",
+        "files": {"read": "strs", "write": "strs", "exec": "strs"},
+        "network": "strs",
+        "syscalls": {"base": "str", "allow": "strs", "deny": "strs"},
+        "capabilities": "strs",
     },
 }
 
@@ -153,7 +153,7 @@ def lint(path: str, text: str | None = None) -> tuple[Policy | None, list[SpecEr
     if not isinstance(doc.data, dict):
         return None, [doc.error("", "a policy must be a mapping")]
     data = doc.data
-    errors.extend(check_schema(doc, data, SCHEMA))
+    errors.extend(check_schema(doc, data, SCHEMA, kinds=KINDS))
     if data.get("apiVersion", "sbx/v1") != "sbx/v1":
         errors.append(doc.error("apiVersion", "must be sbx/v1"))
     name = data.get("name")
@@ -235,8 +235,33 @@ def lint(path: str, text: str | None = None) -> tuple[Policy | None, list[SpecEr
     return Policy(name=name, path=path, data=data, waivers=waivers, doc=doc), []
 
 
+# Policy-only schema kinds, on top of sandbox.yamlmarks.BASE_KINDS.
+KINDS: dict = {
+    "strs": (lambda x: isinstance(x, list) and all(isinstance(i, str) for i in x), "a list of strings"),
+    "ranges": (lambda x: isinstance(x, list) and all(isinstance(i, (str, int)) and not isinstance(i, bool)
+                                                      for i in x), "a list of ranges like 1000-65535"),
+}
+
+
+def _kind_of(dotted: str) -> str | None:
+    cur = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur if isinstance(cur, str) else None
+
+
 def _get(data, dotted: str):
-    return get_path(data, dotted)
+    """The value at `dotted`, or None when missing or of the wrong type (check_schema reported that
+    one with its file:line): the semantic checks below only ever see well-typed values."""
+    v = get_path(data, dotted)
+    kind = _kind_of(dotted)
+    if v is None or kind is None:
+        return v
+    from sandbox.yamlmarks import BASE_KINDS
+    accepts, _ = {**BASE_KINDS, **KINDS}[kind.rstrip("?")]
+    return v if accepts(v) else None
 
 
 def _lint_resources(doc: Doc, data: dict, errors: list[SpecError]) -> None:
@@ -286,7 +311,7 @@ def _lint_syscalls(doc: Doc, data: dict, errors: list[SpecError]) -> None:
 
 def _lint_waivers(doc: Doc, data: dict, errors: list[SpecError]) -> list[Waiver]:
     out = []
-    ws = data.get("waivers") or []
+    ws = _get(data, "waivers") or []
     if not isinstance(ws, list):
         return out
     for i, w in enumerate(ws):

@@ -69,6 +69,33 @@ class _Located(Exception):
         self.key, self.msg, self.node = key, msg, node
 
 
+class _AliasRefused(Exception):
+    def __init__(self, mark) -> None:
+        self.mark = mark
+
+
+_LOADER = None
+
+
+def _loader_class():
+    """SafeLoader that refuses anchors and aliases as it meets them (built once, on first use:
+    yaml is imported lazily). Refusing at the first anchor keeps a "billion laughs" document
+    from costing anything."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class NoAliasLoader(yaml.SafeLoader):
+            def compose_node(self, parent, index):
+                ev = self.peek_event()
+                if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
+                    raise _AliasRefused(ev.start_mark)
+                return super().compose_node(parent, index)
+
+        _LOADER = NoAliasLoader
+    return _LOADER
+
+
 def load(path: str, text: str | None = None) -> Doc:
     """Parse a YAML file into a Doc. Any problem -> SpecError naming path:line:col."""
     import yaml
@@ -89,7 +116,11 @@ def load(path: str, text: str | None = None) -> Doc:
         except UnicodeDecodeError as e:
             raise SpecError(f"not UTF-8 (byte {e.start})", where=path) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_loader_class())
+    except _AliasRefused as e:
+        raise SpecError("YAML anchors and aliases are not allowed here (a profile or policy needs none, and "
+                        "nested aliases expand exponentially)", where=f"{path}:{e.mark.line + 1}:{e.mark.column + 1}") \
+            from None
     except yaml.MarkedYAMLError as e:
         m = e.problem_mark or e.context_mark
         where = f"{path}:{m.line + 1}:{m.column + 1}" if m else path

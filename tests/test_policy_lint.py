@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from audit.policy import lint
+from audit.policy import SCHEMA, lint
 from tests.sbxrun import sbx
 
 HEAD = "apiVersion: sbx/v1\nname: t\n"
@@ -90,10 +90,55 @@ def test_cli_lint_exit_and_lines(tmp_path):
     assert f"{f}:4:" in p.stderr and "Traceback" not in p.stderr
 
 
+def _leaves(schema: dict, prefix: str = ""):
+    for k, v in schema.items():
+        path = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            yield from _leaves(v, path)
+        else:
+            yield path, v
+
+
+WRONG = [7, True, 1.5, "x", None, [1], [[1]], [{"a": 1}], {"a": 1}, [None]]
+
+
+def _nest(path: str, value):
+    doc: dict = {"apiVersion": "sbx/v1", "name": "typed"}
+    cur = doc
+    parts = path.split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize("path,kind", list(_leaves(SCHEMA)))
+def test_every_policy_field_is_type_checked(tmp_path, path, kind):
+    """`mounts: {denied_host_paths: 7}` printed "internal error: TypeError". Every field, given every
+    wrong shape: errors (naming file:line and the field), never an exception."""
+    import yaml
+    for value in WRONG:
+        f = tmp_path / "t.yaml"
+        f.write_text(yaml.safe_dump(_nest(path, value)))
+        policy, errors = lint(str(f))  # must not raise
+        assert (policy is None) == bool(errors)
+        for e in errors:
+            assert e.where.startswith(str(f) + ":"), e.where
+
+
+def test_wrong_type_is_named_with_its_field(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(HEAD + "mounts: {denied_host_paths: 7}\nmac: {network: true}\n")
+    p = sbx("policy", "lint", str(f))
+    assert p.returncode == 1 and "internal error" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert "mounts.denied_host_paths: must be a list of strings" in p.stderr
+    assert "mac.network: must be a list of strings" in p.stderr
+
+
 yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
 yaml_values = st.recursive(yaml_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(
-    st.sampled_from(["name", "capabilities", "allowed", "denied", "identity", "controls", "mounts", "waivers",
-                     "mac", "files", "read", "network", "resources", "memory", "max", "x", "apiVersion"]), c, max_size=4),
+    st.sampled_from(sorted({p for path, _ in _leaves(SCHEMA) for p in path.split(".")} | {"x", "check", "selector"})),
+    c, max_size=4),
     max_leaves=20)
 
 
@@ -116,3 +161,19 @@ def test_fuzz_raw_text_never_crashes(tmp_path, text):
     assert (policy is None) == bool(errors)
     for e in errors:
         assert e.where.startswith(str(f))
+
+
+LAUGHS = "name: lol\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.parametrize("verb", [("policy", "lint"), ("run", "--profile")])
+def test_billion_laughs_is_refused_at_once(tmp_path, verb):
+    """Nine anchors each repeating the previous nine times used to hang for minutes."""
+    f = tmp_path / "lol.yaml"
+    f.write_text(LAUGHS)
+    args = [*verb, str(f)] + (["--", "/bin/true"] if verb[0] == "run" else [])
+    p = sbx(*args, timeout=20)
+    assert p.returncode in (1, 125), p.stderr
+    assert f"{f}:2:" in p.stderr and "aliases are not allowed" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr

@@ -81,14 +81,27 @@ def test_bad_flags_are_one_line_125(flags, needle):
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
 
 
-def test_default_profile_allows_cap_add_and_keeps_docker_caps():
-    p = sbx("run", "--profile", "default", "--cap-add", "NET_ADMIN", "--", "/bin/sh", "-c",
-            "grep CapEff /proc/self/status")
+def _capsets(*flags: str) -> dict[str, int]:
+    p = sbx("run", "--profile", "default", *flags, "--", "/bin/sh", "-c", "grep ^Cap /proc/self/status")
     assert p.returncode == 0, p.stderr
-    eff = int(p.stdout.split()[1], 16)
+    return {line.split(":")[0]: int(line.split()[1], 16) for line in p.stdout.splitlines()}
+
+
+def test_default_profile_allows_cap_add_and_keeps_docker_caps_for_root():
+    caps = _capsets("-u", "0", "--cap-add", "NET_ADMIN")
+    eff = caps["CapEff"]
     assert eff & (1 << 12), "NET_ADMIN (12) missing"
     assert eff & (1 << 0) and eff & (1 << 10), "docker default caps CHOWN/NET_BIND_SERVICE missing"
     assert not eff & (1 << 21), "SYS_ADMIN must not be there"
+    assert caps["CapPrm"] == eff and caps["CapBnd"] == eff and caps["CapInh"] == 0 and caps["CapAmb"] == 0
+
+
+def test_default_profile_gives_a_non_root_workload_no_capabilities():
+    """Docker gives capabilities to uid 0 only; the default profile used to hand uid 65534 all of
+    them as ambient capabilities. Now they stay in its bounding set and nowhere else."""
+    caps = _capsets("--cap-add", "NET_ADMIN")
+    assert caps["CapEff"] == caps["CapPrm"] == caps["CapInh"] == caps["CapAmb"] == 0, caps
+    assert caps["CapBnd"] & (1 << 12) and caps["CapBnd"] & (1 << 0)
 
 
 def test_profile_list_and_show_from_any_directory(tmp_path):
@@ -106,3 +119,34 @@ def test_publish_spellings_parse():
     for bad in ("[::1:8080:80", "[zz]:1:2", "1:2:3:4", "0:80", "80:70000"):
         with pytest.raises(ValueError):
             parse_port(bad)
+
+
+def _profile_leaves(schema: dict, prefix: str = ""):
+    for k, v in schema.items():
+        path = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            yield from _profile_leaves(v, path)
+        else:
+            yield path
+
+
+@pytest.mark.parametrize("path", list(_profile_leaves(__import__("sandbox.profiles", fromlist=["SCHEMA"]).SCHEMA)))
+def test_every_profile_field_survives_every_wrong_shape(tmp_path, path):
+    """A profile field of the wrong shape is a located SpecError, never an internal error."""
+    import yaml
+    from sandbox.errors import SpecError
+    from sandbox.profiles import resolve
+    for value in (7, True, 1.5, "x", None, [1], [[1]], [{"a": 1}], {"a": 1}, [None], "-1", ""):
+        doc: dict = {"name": "typed", "extends": "strict"} if path != "extends" else {"name": "typed"}
+        cur = doc
+        parts = path.split(".")
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = value
+        f = tmp_path / "p.yaml"
+        f.write_text(yaml.safe_dump(doc))
+        try:
+            resolve(["/bin/true"], profile=str(f))
+        except SpecError as e:
+            assert e.where and (e.where.startswith(str(f)) or e.where.startswith("/") or e.where.startswith("-")), \
+                (path, value, e.where, e.message)
