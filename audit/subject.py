@@ -401,8 +401,9 @@ def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None 
     return Subject(
         name=spec.name or "", runtime="sbx",
         uid=spec.uid, gid=spec.gid, host_uid=None, userns=True, root_maps_host_root=False,
-        # sbx hands kept capabilities to a non-root workload as ambient ones (sandbox.caps).
-        cap_eff=caps, cap_prm=caps, cap_bnd=caps, cap_amb=caps if spec.uid != 0 else frozenset(),
+        # Docker's semantics (sandbox.caps.drop): the kept set is effective for uid 0 only.
+        cap_eff=caps if spec.uid == 0 else frozenset(), cap_prm=caps if spec.uid == 0 else frozenset(),
+        cap_bnd=caps, cap_amb=frozenset(),
         cap_all=all_caps(),
         no_new_privs=sec.no_new_privs, seccomp=0 if sec.seccomp == "unconfined" else 2,
         lsm_label=label, mac_enabled=mac_enabled,

@@ -18,12 +18,22 @@ from .errors import SbxError
 
 
 def drop(keep: tuple[str, ...], uid: int, gid: int, *, rootless: bool) -> None:
+    """Cut the bounding set to `keep`, switch to uid/gid, and give the kept set to uid 0 only.
+
+    Docker's semantics: capabilities belong to root. A non-root workload keeps
+    them in its bounding set (what file capabilities could grant, and nothing
+    under no_new_privs) but has none effective, permitted, inheritable or
+    ambient; uid 0 (inside the user namespace) gets them effective and
+    permitted. The inheritable set stays empty for both (moby after
+    CVE-2022-24769).
+    """
     keep_mask = names_to_mask(keep)
     last = cap_last()
     for cap in range(last + 1):
         if not keep_mask >> cap & 1:
             sc.prctl(sc.PR_CAPBSET_DROP, cap)
-    if keep_mask:
+    give = keep_mask if uid == 0 else 0
+    if give:
         sc.prctl(sc.PR_SET_KEEPCAPS, 1)
     try:
         if not rootless:
@@ -32,14 +42,16 @@ def drop(keep: tuple[str, ...], uid: int, gid: int, *, rootless: bool) -> None:
         os.setresuid(uid, uid, uid)
     except OSError as e:
         raise SbxError(f"cannot switch to uid {uid} gid {gid} inside the sandbox: {e.strerror}") from None
-    sc.capset(keep_mask, keep_mask, keep_mask)
+    sc.capset(give, give, 0)
     sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
-    if keep_mask and uid != 0:
-        # Without ambient caps a non-root workload would lose the kept set at exec.
-        for name in keep:
-            sc.prctl(sc.PR_CAP_AMBIENT, 2, CAP_NUMBERS[name])  # PR_CAP_AMBIENT_RAISE
-    if keep_mask:
+    if give:
         sc.prctl(sc.PR_SET_KEEPCAPS, 0)
+
+
+def process_caps(keep_mask: int, uid: int) -> dict[str, int]:
+    """What drop() leaves a workload with, per set (verify and the posture model compare against it)."""
+    give = keep_mask if uid == 0 else 0
+    return {"CapEff": give, "CapPrm": give, "CapInh": 0, "CapBnd": keep_mask, "CapAmb": 0}
 
 
 def set_no_new_privs() -> None:

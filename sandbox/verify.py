@@ -82,14 +82,13 @@ def check(spec: Spec, f: ProcFacts, *, host_uid: int | None, host_gid: int | Non
     if spec.uid != 0:
         v.need("non-root", host_uid != 0 and 0 not in st.uid, "workload runs as root")
 
-    # Capabilities: every set equals what the profile keeps (empty for strict).
-    keep = names_to_mask(spec.security.capabilities)
-    for label, val in (("CapEff", st.cap_eff), ("CapPrm", st.cap_prm), ("CapInh", st.cap_inh), ("CapBnd", st.cap_bnd)):
-        v.need(f"capabilities {label}", val == keep,
-               f"expected {caps_to_names(keep) or 'none'}, got {caps_to_names(val) or 'none'}")
-    amb_expected = keep if spec.uid != 0 else 0
-    v.need("capabilities CapAmb", st.cap_amb == amb_expected,
-           f"expected {caps_to_names(amb_expected) or 'none'}, got {caps_to_names(st.cap_amb) or 'none'}")
+    # Capabilities: what caps.drop gives (the kept set in the bounding set; effective only for uid 0).
+    from .caps import process_caps
+    want = process_caps(names_to_mask(spec.security.capabilities), spec.uid)
+    for label, val in (("CapEff", st.cap_eff), ("CapPrm", st.cap_prm), ("CapInh", st.cap_inh),
+                       ("CapBnd", st.cap_bnd), ("CapAmb", st.cap_amb)):
+        v.need(f"capabilities {label}", val == want[label],
+               f"expected {caps_to_names(want[label]) or 'none'}, got {caps_to_names(val) or 'none'}")
 
     if spec.security.no_new_privs:
         v.need("no_new_privs", st.no_new_privs == 1, f"NoNewPrivs is {st.no_new_privs}")

@@ -63,14 +63,13 @@ def test_spec_and_live_sandbox_give_the_same_ids():
     try:
         live = []
         for _ in range(100):
-            live = [r for r in audit(runtime="sbx") if "sleep" in r.container.comms.values()
-                    and any(f.check_id == "SBX-A002" for f in r.findings)]
+            live = [r for r in audit(runtime="sbx") if "sleep" in r.container.comms.values()]
             if live or p.poll() is not None:
                 break
             time.sleep(0.05)
         if not live:
             err = p.stderr.read().decode(errors="replace") if p.poll() is not None else ""
-            pytest.skip(f"sbx run did not start a sandbox here: {err.strip()[-300:]}")
+            pytest.fail(f"sbx run did not start a sandbox: {err.strip()[-300:]}")
         r = live[0]
         assert r.container.runtime == "sbx"
         assert r.container.cgroup_path.split("/sbx/")[1].startswith(r.container.id)
