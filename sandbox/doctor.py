@@ -155,18 +155,101 @@ def check_userns(r: Report) -> None:
     if rc == 0:
         r.add("userns", "user namespaces", OK, f"created one as uid {r.uid} (max_user_namespaces={max_ns})")
         return
-    fixes = []
-    if max_ns == 0:
-        fixes.append("sysctl -w user.max_user_namespaces=15000")
-    if clone == 0 and r.uid != 0:
-        fixes.append("sysctl -w kernel.unprivileged_userns_clone=1")
-    if aa_restrict == 1 and r.uid != 0:
-        fixes.append("sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (or run sbx as root)")
-    if not fixes:
-        fixes.append("boot a kernel with CONFIG_USER_NS=y; inside a container, allow unshare(CLONE_NEWUSER) "
-                     "in its seccomp profile")
+    causes = userns_denial_causes(rc, r.uid, max_ns, clone, aa_restrict)
+    r.facts["userns"]["causes"] = [c for c, _ in causes]
     r.add("userns", "user namespaces", FAIL,
-          f"unshare(CLONE_NEWUSER) failed: {os.strerror(rc) if rc < 255 else 'unknown error'}", "; ".join(fixes))
+          f"unshare(CLONE_NEWUSER) failed: {os.strerror(rc) if rc < 255 else 'unknown error'}"
+          + (f" ({'; '.join(c for c, _ in causes)})" if causes else ""),
+          "; ".join(f for _, f in causes))
+
+
+def root_is_namespace_root() -> tuple[bool | None, str]:
+    """Is this process's / the top of its mount namespace's root? (the kernel refuses a new user
+    namespace to a chrooted process, and every process is "chrooted" once a mount sits on top of /)."""
+    from . import facts
+    try:
+        mounts = facts.read_mountinfo("self")
+    except (OSError, facts.ProcessGone):
+        return None, ""
+    at_root = [m for m in mounts if m.mountpoint == "/"]
+    if len(at_root) > 1:
+        return False, "stacked"
+    # A chroot: some process of this mount namespace (an ancestor, or its pid 1) has another root.
+    def root_of(pid: str) -> tuple | None:
+        path = "/" if pid == "self" else f"/proc/{pid}/root"
+        mid = facts.mount_id_of(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return None if mid is None else (mid, st.st_dev, st.st_ino)
+
+    try:
+        our_ns = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return None, ""
+    ours = root_of("self")
+    others: list[int] = [1]
+    pid = os.getppid()
+    for _ in range(64):
+        if pid <= 1:
+            break
+        others.append(pid)
+        try:
+            pid = facts.read_stat(pid).ppid
+        except Exception:  # noqa: BLE001 - gone or unreadable: stop walking
+            break
+    for p in others:
+        try:
+            if os.readlink(f"/proc/{p}/ns/mnt") != our_ns:
+                continue
+        except OSError:
+            continue
+        theirs = root_of(str(p))
+        if ours is not None and theirs is not None and theirs != ours:
+            return False, "chroot"
+    return True, ""
+
+
+def userns_denial_causes(rc: int, uid: int, max_ns: int | None, clone: int | None,
+                         aa_restrict: int | None) -> list[tuple[str, str]]:
+    """Why unshare(CLONE_NEWUSER) failed with errno rc: (cause, fix) for each cause found on this host."""
+    from . import facts
+    causes: list[tuple[str, str]] = []
+    if rc in (errno.EINVAL, errno.ENOSYS):
+        return [("the kernel has no user namespaces", "boot a kernel with CONFIG_USER_NS=y")]
+    if rc == errno.ENOSPC:
+        if max_ns == 0:
+            return [("user.max_user_namespaces is 0", "sysctl -w user.max_user_namespaces=15000")]
+        return [(f"the user.max_user_namespaces limit ({max_ns}) is reached for this user or an ancestor "
+                 "namespace", "raise it (sysctl -w user.max_user_namespaces=N) or end idle namespaces")]
+    if rc == errno.EUSERS:
+        return [("user namespaces are nested 32 deep already", "run sbx from a shallower namespace")]
+    ok, how = root_is_namespace_root()
+    if ok is False and how == "stacked":
+        causes.append(("a mount is stacked on top of / (every process's root is now beneath it: a runtime "
+                       "started with root.path / and no mount namespace does this)",
+                       "as root: nsenter --mount=/proc/self/ns/mnt -- umount -l /  (removes only the stray copy)"))
+    elif ok is False:
+        causes.append(("this process is chrooted (its / is not its mount namespace's root)",
+                       "run sbx outside the chroot, or pivot_root into it in a new mount namespace instead"))
+    try:
+        st = facts.read_status("self")
+        if st.seccomp == 2:
+            causes.append((f"a seccomp filter is installed on this process ({st.seccomp_filters or 1})",
+                           "inside a container, allow unshare/clone with CLONE_NEWUSER in its seccomp profile"))
+    except (OSError, facts.ProcessGone):
+        pass
+    if aa_restrict == 1 and uid != 0:
+        causes.append(("kernel.apparmor_restrict_unprivileged_userns=1",
+                       "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, an AppArmor profile allowing "
+                       "userns for sbx, or run sbx as root"))
+    if clone == 0 and uid != 0:
+        causes.append(("kernel.unprivileged_userns_clone=0", "sysctl -w kernel.unprivileged_userns_clone=1"))
+    if not causes:
+        causes.append(("no known cause found on this host",
+                       "check the LSM audit log (AppArmor/SELinux denials) and any container runtime around sbx"))
+    return causes
 
 
 def check_idmap(r: Report) -> None:

@@ -311,6 +311,23 @@ def read_cgroup(pid: int | str) -> list[CgroupEntry]:
     return parse_cgroup(read_text(pid, "cgroup"))
 
 
+def mount_id_of(path: str) -> int | None:
+    """The id of the mount `path` is on (as mountinfo numbers it), from /proc/self/fdinfo."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for line in read_text("self", f"fdinfo/{fd}").splitlines():
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, ProcessGone):
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
 def read_lsm_label(pid: int | str) -> str | None:
     """The LSM label in effect, or None when no LSM provides one.
 

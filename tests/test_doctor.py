@@ -109,6 +109,7 @@ def test_blocked_user_namespaces_fail_with_the_fix():
     rep = _json(p)
     u = _check(rep, "userns")
     assert u["status"] == "fail" and "Operation not permitted" in u["detail"] and u["fix"]
+    assert "seccomp filter" in u["detail"] and "seccomp profile" in u["fix"] and "CONFIG_USER_NS" not in u["fix"]
     assert rep["facts"]["userns"]["create_ok"] is False
     assert rep["facts"]["overlay_in_userns"] is False
     assert p.returncode == 1
@@ -142,3 +143,44 @@ def test_seccomp_probe_installs_a_real_filter_and_failure_blocks_strict():
     assert sc["status"] == "fail" and sc["fix"], sc
     assert rep["facts"]["seccomp"]["install_errno"] == "EPERM"
     assert p.returncode == 1
+
+
+def _doctor_wrapped(tmp_path, outer: str) -> dict:
+    """doctor run through `outer` (a command line that ends by running ./inner.sh), in throwaway
+    namespaces; inner.sh runs doctor with this interpreter and checkout."""
+    inner = tmp_path / "inner.sh"
+    inner.write_text(f'#!/bin/sh\ncd {ROOT} && exec {sys.executable} -m sandbox doctor --json\n')
+    inner.chmod(0o755)
+    os.chmod(tmp_path, 0o755)
+    e = dict(os.environ, PYTHONPATH=ROOT, HOME="/tmp")
+    p = subprocess.run(["sh", "-c", outer.replace("INNER", str(inner))], capture_output=True, text=True,
+                       timeout=60, env=e, cwd="/tmp")
+    assert p.stdout, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_a_mount_stacked_on_root_is_diagnosed_not_blamed_on_the_kernel(tmp_path):
+    """The HOST-NOTES pitfall, made in a private mount namespace: a bind of / over / makes every
+    process "chrooted" and unshare(CLONE_NEWUSER) fails with EPERM. doctor used to say "boot a
+    kernel with CONFIG_USER_NS=y"; it names the stacked mount and the umount that fixes it."""
+    rep = _doctor_wrapped(tmp_path, "unshare -m sh -c 'mount --bind / / && exec INNER'")
+    u = _check(rep, "userns")
+    assert u["status"] == "fail" and "stacked on top of /" in u["detail"], u
+    assert "umount -l /" in u["fix"] and "CONFIG_USER_NS" not in u["fix"]
+
+
+def test_a_chroot_is_diagnosed(tmp_path):
+    cr = tmp_path / "cr"
+    cr.mkdir()
+    rep = _doctor_wrapped(tmp_path, f"unshare -m sh -c 'mount --rbind / {cr} && chroot {cr} INNER; true'")
+    u = _check(rep, "userns")
+    assert u["status"] == "fail" and "chrooted" in u["detail"], u
+    assert "CONFIG_USER_NS" not in u["fix"]
+
+
+def test_exhausted_user_namespace_limit_is_diagnosed(tmp_path):
+    """ENOSPC: user.max_user_namespaces is 0 in this (real, nested) user namespace."""
+    rep = _doctor_wrapped(tmp_path, "unshare -U -r sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && exec INNER'")
+    u = _check(rep, "userns")
+    assert u["status"] == "fail" and "max_user_namespaces is 0" in u["detail"], u
+    assert "sysctl -w user.max_user_namespaces=" in u["fix"]
