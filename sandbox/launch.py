@@ -38,8 +38,7 @@ import sys
 import time
 from .records import field, record
 
-from . import cgwarm, facts, hostpath, stdio, syscalls as sc
-from .hostpath import HostPath
+from . import cgwarm, facts, syscalls as sc
 from .sig import signal
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, SbxError, VerifyError
 from .spec import Spec
@@ -70,8 +69,8 @@ class Plan:
     landlock_rules: list | None = None
     mac: object = None
     net: object = None  # bridge networking plan: .attach(init_pid) after unshare, .release() at the end
-    rootfs_src: HostPath | None = None  # --rootfs and -v sources, resolved by sbx (hostpath)
-    bind_srcs: list[HostPath] = field(default_factory=list)
+    rootfs_src: object = None  # hostpath.HostPath of --rootfs, resolved by sbx
+    bind_srcs: list = field(default_factory=list)  # hostpath.HostPath of each -v source
     notes: list[str] = field(default_factory=list)
     features: dict = field(default_factory=dict)
 
@@ -145,7 +144,7 @@ def _pdeathsig(expected_parent: int) -> None:
         os._exit(EXIT_REFUSED)  # parent died before we armed the signal
 
 
-def _setup_child(plan: Plan, chan: _Chan, parent: int, relay: stdio.Relay | None) -> None:
+def _setup_child(plan: Plan, chan: _Chan, parent: int, relay) -> None:
     """First child: still in the host pid namespace. Unshares, forks init, exits. Never returns."""
     stage = "setup"
     try:
@@ -376,8 +375,11 @@ def prepare(spec: Spec, sandbox_id: str) -> Plan:
         admit(spec)
     rlimits.check(spec.rlimits)
     fs = spec.filesystem
-    rootfs_src = hostpath.resolve(fs.rootfs, what="--rootfs") if fs.rootfs else None
-    bind_srcs = [hostpath.resolve(b.source, what="-v") for b in fs.binds]
+    rootfs_src, bind_srcs = None, []
+    if fs.rootfs or fs.binds:
+        from . import hostpath
+        rootfs_src = hostpath.resolve(fs.rootfs, what="--rootfs") if fs.rootfs else None
+        bind_srcs = [hostpath.resolve(b.source, what="-v") for b in fs.binds]
     idmap = userns.plan(spec)
     plan = Plan(spec=spec, sandbox_id=sandbox_id, idmap=idmap, rootfs_src=rootfs_src, bind_srcs=bind_srcs)
     try:
@@ -601,7 +603,10 @@ def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=No
                     "started": time.time()}
     chan = _Chan()
     parent = os.getpid()
-    relay = stdio.Relay.for_caller()
+    relay = None
+    if _any_tty():
+        from . import stdio  # only an interactive caller pays for the relay
+        relay = stdio.Relay.for_caller()
     fwd = _Forwarder()
     _subreaper(True)
     try:
@@ -859,11 +864,36 @@ class _Forwarder:
         self.old = {}
 
 
-def _wait(pid: int, timeout: float | None, plan: Plan, relay: stdio.Relay | None = None) -> tuple[int, bool]:
-    """Wait for the sandbox (relaying its streams) and enforce --timeout. Returns (status, timed_out)."""
+def _any_tty() -> bool:
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _wait(pid: int, timeout: float | None, plan: Plan, relay=None) -> tuple[int, bool]:
+    """Wait for the sandbox (relaying its streams, see sandbox.stdio) and enforce --timeout.
+
+    Returns (status, timed_out).
+    """
     pidfd = os.pidfd_open(pid)
     try:
-        ended = stdio.wait(pidfd, relay, timeout or None)
+        if relay is not None:
+            from . import stdio
+            ended = stdio.wait(pidfd, relay, timeout or None)
+        else:
+            deadline = time.monotonic() + timeout if timeout else None
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if select.select([pidfd], [], [], left)[0]:
+                    ended = True
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    ended = False
+                    break
         if not ended:
             _kill_tree(pid, plan)
         status = _reap(pid)

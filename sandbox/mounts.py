@@ -35,7 +35,6 @@ import stat
 
 from . import syscalls as sc
 from .errors import SbxError
-from .hostpath import HostPath, reopen
 from .records import record
 from .spec import Bind, Spec
 
@@ -72,14 +71,17 @@ class Sources:
         self.bind_trees = []
 
 
-def open_sources(spec: Spec, rootfs: HostPath | None, binds: list[HostPath]) -> Sources:
+def open_sources(spec: Spec, rootfs, binds: list) -> Sources:
     """Pin --rootfs and -v sources. Called after unshare, before the id switch and any mount.
 
     The paths were resolved by sbx itself (hostpath.resolve: symlink owners
     checked with host credentials); here they are opened again without following
-    any symlink and must reach the same inode.
+    any symlink and must reach the same inode. (rootfs, binds: hostpath.HostPath)
     """
     srcs = Sources(None, [])
+    if rootfs is None and not binds:
+        return srcs
+    from .hostpath import reopen
     try:
         if rootfs is not None:
             srcs.rootfs_fd = reopen(rootfs, what="--rootfs")
