@@ -397,10 +397,42 @@ def check_mac(r: Report, spec) -> None:
               "boot with apparmor=1 security=apparmor (or in lsm=) for a MAC layer" if sec.apparmor == "required"
               else None)
     if se:
-        r.add("selinux", "SELinux", OK, "enabled (install policies/selinux/sbx.cil with semodule -i for sbx_t)")
+        check_selinux(r, sec)
     else:
         r.add("selinux", "SELinux", FAIL if sec.selinux == "required" else INFO,
               "not enabled on this host (runs record 'selinux: not available')")
+
+
+def check_selinux(r: Report, sec) -> None:
+    """SELinux is on: is it enforcing, and does the loaded policy know the domain strict execs into?"""
+    from . import mac
+    enforcing = mac.selinux_enforcing()
+    mode = "enforcing" if enforcing else "permissive" if enforcing is False else "mode unknown"
+    typ = sec.selinux_type or mac.DEFAULT_SELINUX_TYPE
+    loaded = mac.selinux_type_loaded(typ)
+    bindings = mac.libselinux() is not None
+    r.facts["selinux_mode"] = mode
+    r.facts["selinux_type"] = typ
+    r.facts["selinux_type_loaded"] = loaded
+    if not bindings:
+        r.add("selinux", "SELinux", FAIL if sec.selinux == "required" else WARN,
+              f"{mode}, but the libselinux Python bindings are missing: sandboxes cannot be labelled",
+              "apt-get install python3-selinux (or dnf install python3-libselinux)")
+        return
+    if not loaded:
+        what = "sbx's module is not loaded" if typ == mac.DEFAULT_SELINUX_TYPE else f"no module defines {typ}"
+        fix = (f"sudo semodule -i {mac.selinux_module_path()}" if typ == mac.DEFAULT_SELINUX_TYPE
+               else f"sudo semodule -i FILE.cil (the module defining {typ})")
+        r.add("selinux", "SELinux", FAIL if sec.selinux == "required" else WARN,
+              f"{mode}; {what} (the loaded policy has no {typ}): sandboxes run unlabelled, in the caller's domain",
+              fix)
+        return
+    detail = f"{mode}; {typ} is loaded: sandboxes run as {mac.SELINUX_USER_ROLE}:{typ} with their own MCS categories"
+    if enforcing:
+        r.add("selinux", "SELinux", OK, detail)
+    else:
+        r.add("selinux", "SELinux", WARN, detail + ", but a permissive policy only logs what it would deny",
+              "sudo setenforce 1 (and SELINUX=enforcing in /etc/selinux/config)")
 
 
 def check_rlimits(r: Report, spec) -> None:

@@ -122,6 +122,31 @@ def selinux_enabled() -> bool:
         return False
 
 
+def selinux_enforcing() -> bool | None:
+    """True enforcing, False permissive, None when selinuxfs does not say (SELinux off)."""
+    try:
+        with open("/sys/fs/selinux/enforce", encoding="ascii") as f:
+            return f.read(16).strip() == "1"
+    except OSError:
+        return None
+
+
+def selinux_context_valid(ctx: str) -> bool:
+    """Does the policy loaded in the kernel know this context? (False without the bindings.)"""
+    se = libselinux()
+    if se is None:
+        return False
+    try:
+        return se.security_check_context(ctx) == 0
+    except OSError:
+        return False
+
+
+def selinux_type_loaded(typ: str = DEFAULT_SELINUX_TYPE) -> bool:
+    """Is `typ` a domain of the loaded policy (sbx_t: is sbx's module loaded)?"""
+    return selinux_context_valid(f"{SELINUX_USER_ROLE}:{typ}:s0")
+
+
 def loaded_apparmor_profiles() -> set[str]:
     """Names of the profiles in the kernel (lines are 'NAME (MODE)')."""
     try:
@@ -244,14 +269,17 @@ def prepare(sec: Security, sandbox_id: str) -> MacPlan:
 
 def _check_selinux_context(ctx: str) -> None:
     """The policy must know the context, or the exec would fail late inside the sandbox."""
-    se = libselinux()
-    try:
-        rc = se.security_check_context(ctx)
-    except OSError as e:
-        rc = -1 if e.errno else 0
-    if rc != 0:
-        raise SbxError(f"SELinux context {ctx} is not valid in the loaded policy "
-                       f"(install the sbx module: sudo semodule -i {selinux_module_path()})", where="selinux")
+    if selinux_context_valid(ctx):
+        return
+    typ = ctx.split(":")[2]
+    if selinux_type_loaded(typ):
+        fix = "the level is not one the policy defines (MCS: s0 with categories c0..c1023)"
+    elif typ == DEFAULT_SELINUX_TYPE:
+        fix = f"install the sbx module: sudo semodule -i {selinux_module_path()}"
+    else:
+        fix = (f"the loaded policy has no domain {typ}; install the module that defines it "
+               f"(sbx policy compile --selinux FILE.cil; sudo semodule -i FILE.cil)")
+    raise SbxError(f"SELinux context {ctx} is not valid in the loaded policy ({fix})", where="selinux")
 
 
 def _write_attr(names: list[str], data: bytes) -> None:

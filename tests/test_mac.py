@@ -5,7 +5,8 @@ disabled), so the tests here prove: the real kernel state is read correctly,
 required-but-absent refuses (125, naming the LSM), if-available records
 "not available" and claims no label, the real libselinux/procattr calls fail
 into SbxError, and our policy sources compile with the real toolchains.
-Enforcement under an AppArmor kernel is exercised by the qemu harness (tests/vm/).
+Enforcement on a real AppArmor kernel is exercised below and on an enforcing SELinux kernel by
+tests/test_vm_selinux.py, both under the qemu harness (tests/vm/).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import tempfile
 
 import pytest
 
+from tests import sestore
 from tests.forked import in_child
 
 from sandbox import mac
@@ -161,26 +163,12 @@ def test_apparmor_profile_compiled_form_denies_what_we_promise():
         assert rule in p.stdout
 
 
-def _scratch_store(root: str) -> None:
-    store = "/var/lib/selinux/default"
-    if not os.path.isdir(store) or not shutil.which("semodule"):
-        pytest.skip("no SELinux policy store / semodule (apt-get install selinux-policy-default semodule-utils)")
-    os.makedirs(os.path.join(root, "var/lib/selinux"))
-    shutil.copytree(store, os.path.join(root, "var/lib/selinux/default"), symlinks=True)
-    shutil.copytree("/etc/selinux", os.path.join(root, "etc/selinux"), symlinks=True)
-
-
 @pytest.fixture(scope="module")
 def sbx_store():
-    """A scratch copy of the host's real policy store with sbx.cil installed (the host's is untouched).
-    Under /var/tmp so a VM sharing the host root can read the built policy."""
-    scratch = tempfile.mkdtemp(prefix="sbx-se-store-", dir="/var/tmp")
+    """A scratch copy of the host's real policy store with sbx.cil installed (the host's is untouched)."""
+    scratch = tempfile.mkdtemp(prefix="sbx-se-store-")
     try:
-        os.chmod(scratch, 0o755)
-        _scratch_store(scratch)
-        p = subprocess.run(["semodule", "-p", scratch, "-n", "-i", CIL_SRC], capture_output=True, text=True,
-                           timeout=120)
-        assert p.returncode == 0, p.stderr
+        sestore.build(scratch, [CIL_SRC])
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -305,54 +293,3 @@ def test_apparmor_confinement_on_a_real_apparmor_kernel():
     assert out["LABEL_OFF"] == "unconfined" and out["ATTRW_OFF"] == "opened"
     assert out["NOSUCH"] == "125"
     assert out["DOCTOR"] == "0"
-
-
-SE_VM_SCRIPT = r"""
-cd {repo}
-PY={py}
-echo "LSM=$(cat /sys/kernel/security/lsm)"
-# first with Debian's policy as booted (no sbx_t): if-available runs unlabelled and says so; required refuses
-$PY -m sandbox run --record /run/rec0.json -- /bin/sh -c 'echo "LABEL0=$(cat /proc/self/attr/current)"'
-echo "RUN0=$?"
-grep -o 'selinux: available but sbx_t is not in the loaded policy' /run/rec0.json | sed 's/^/NOTE0=/'
-printf 'extends: strict\nname: se-req\nsecurity:\n  selinux: {{type: sbx_t, mode: required}}\n' > /run/sereq.yaml
-$PY -m sandbox run --profile /run/sereq.yaml -- true 2>/dev/null; echo "REQ0=$?"
-# one write(): the kernel takes a policy in a single buffer
-$PY -c "import os; d=open('{store}/etc/selinux/default/policy/policy.33','rb').read(); fd=os.open('/sys/fs/selinux/load', os.O_WRONLY); print('LOADED=%d' % (os.write(fd, d) == len(d)))"
-echo "ENFORCE=$(cat /sys/fs/selinux/enforce)"
-$PY -m sandbox run -- /bin/sh -c 'echo "LABEL=$(cat /proc/self/attr/current)"; echo hi > /tmp/x && echo TMP=ok'
-echo "RUN=$?"
-$PY -m sandbox run --security-opt label=type:nosuch_t -- true 2>/dev/null; echo "NOSUCH=$?"
-dmesg | grep 'avc:.*scontext=[^ ]*:sbx_t:' | sed -n 's/.*tcontext=\([^ ]*\).*/AVC_T=\1/p' | sort -u
-"""
-
-
-@pytest.mark.vm
-def test_selinux_label_on_a_real_selinux_kernel(sbx_store):
-    """Boot Debian's kernel with SELinux (permissive), load the real refpolicy + sbx.cil built
-    offline: the workload execs as system_u:system_r:sbx_t with per-sandbox MCS categories
-    (verified by sbx itself), an unknown type refuses 125, and the only AVC denials for sbx_t
-    are on objects the 9p-shared root leaves unlabelled - none on its own process, its
-    launcher or the domain transition, which sbx.cil grants."""
-    from tests.vm import harness
-    ok, why = harness.vm_available()
-    if not ok:
-        pytest.skip(why)
-    script = os.path.join(sbx_store, "t.sh")
-    with open(script, "w") as f:
-        f.write(SE_VM_SCRIPT.format(repo=ROOT, py=sys.executable, store=sbx_store))
-    r = harness.run_in_vm(["sh", script], lsm="selinux", timeout=600)
-    lines = [ln for ln in r.output.splitlines() if "=" in ln and ln[:1].isupper()]
-    out = dict(ln.split("=", 1) for ln in lines)
-    assert "selinux" in out["LSM"].split(","), r.output
-    assert out["RUN0"] == "0" and out["NOTE0"], r.output
-    assert ":sbx_t:" not in out["LABEL0"]  # never claim a label that is not in effect
-    assert out["REQ0"] == "125"
-    assert out["LOADED"] == "1" and out["ENFORCE"] == "0", r.output
-    assert out["RUN"] == "0" and out["TMP"] == "ok", r.output
-    user, role, typ, sens, cats = out["LABEL"].split(":")
-    assert (user, role, typ, sens) == ("system_u", "system_r", "sbx_t", "s0")
-    assert len(cats.split(",")) == 2  # per-sandbox MCS pair (randomness: test_mcs_levels_...)
-    assert out["NOSUCH"] == "125"
-    denied_types = {ln.split("=", 1)[1].split(":")[2] for ln in lines if ln.startswith("AVC_T=")}
-    assert not denied_types & {"sbx_t", "kernel_t", "unconfined_t"}, denied_types

@@ -43,6 +43,26 @@ def test_selinux_cil_installs_into_a_scratch_policy_store():
     pc.validate_cil(text)
 
 
+def test_selinux_cil_joins_sbx_domain_and_grants_only_what_the_policy_lists():
+    text = pc.selinux_cil(load_policy("restricted"))
+    rules = text.splitlines()
+    # sbx's launch needs (transition under no_new_privs, stdio, MCS separation) come from sbx.cil's attribute.
+    assert "(typeattributeset sbx_domain (sbx_restricted_t))" in rules
+    entry = {ln.split()[2] for ln in rules if "entrypoint" in ln}
+    assert entry == {"usr_t", "bin_t", "lib_t", "ld_so_t", "shell_exec_t", "textrel_shlib_t"}  # exec paths only
+    assert not any("execute" in ln for ln in rules if " tmpfs_t " in ln or " tmp_t " in ln)
+    # Device nodes are character files: a `file` rule on null_device_t would grant nothing.
+    assert "(allow sbx_restricted_t null_device_t (chr_file (getattr open read write append ioctl)))" in rules
+    assert not any(" null_device_t (file " in ln or " null_device_t (dir " in ln for ln in rules)
+
+
+def test_selinux_module_named_sbx_is_refused(tmp_path):
+    out = tmp_path / "sbx.cil"
+    p = sbx("policy", "compile", "restricted", "--selinux", str(out))
+    assert p.returncode == 125 and "replace sbx's own" in p.stderr, p.stderr
+    assert not out.exists()
+
+
 def test_selinux_rejection_is_reported():
     _need("semodule", "semodule-utils selinux-policy-default")
     if not os.path.isdir("/var/lib/selinux/default"):

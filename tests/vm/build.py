@@ -193,7 +193,7 @@ fi
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/dev/shm
-mkdir -p /newroot@STAGE@/bin /newroot@STAGE@/io
+mkdir -p /newroot@STAGE@/bin /newroot@STAGE@/io /newroot@STAGE@/lab
 cp /bin/busybox /newroot@STAGE@/bin/busybox
 cp /stage2 /newroot@STAGE@/bin/stage2
 # switch_root (not chroot) so the overlay is the namespace root: AppArmor names
@@ -207,16 +207,57 @@ lsm="$1"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 say() { echo "sbx-vm: $*" > /dev/console; }
 off() { $BB sync; echo o > /proc/sysrq-trigger; $BB poweroff -f; }
-$BB mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 @IO_TAG@ @STAGE@/io || { say "FATAL: 9p io share"; echo "SBX-VM-EXIT=255" > /dev/console; off; }
+IO=@STAGE@/io
+LOG=@STAGE@/setup.log
+ioopts=trans=virtio,version=9p2000.L,msize=512000
 if [ "$lsm" = selinux ]; then
-  # Debian's reference policy from the host's /etc/selinux (permissive: enforcing=0 on the cmdline).
-  load_policy -i > @STAGE@/io/setup.log 2>&1; echo "load_policy=$?" >> @STAGE@/io/setup.log
+  # Debian's reference policy from the host's /etc/selinux, enforcing (enforcing=1 on the cmdline
+  # overrides the host config's SELINUX=permissive).
+  load_policy -i > $LOG 2>&1; echo "load_policy=$?" >> $LOG
+  # 9p carries no labels: on the unlabeled_t share not even the kernel's domain may create files.
+  ioopts="$ioopts,context=system_u:object_r:var_t:s0"
 fi
+$BB mount -t 9p -o "$ioopts" @IO_TAG@ $IO || { say "FATAL: 9p io share"; echo "SBX-VM-EXIT=255" > /dev/console; off; }
+if [ "$lsm" = selinux ]; then
+  # Label the guest as a real SELinux host is labelled. 9p carries no labels, so the shared root is
+  # unlabeled_t throughout, and nothing (not even the kernel's domain) may copy such files up into
+  # the overlay's tmpfs. Each system tree listed in $IO/labels ("TAG PATH") is shared again on its
+  # own 9p device, mounted with context= set to what the policy's file_contexts give PATH itself
+  # (/usr/bin bin_t, /usr/lib lib_t, /etc etc_t, ...), and gets its own writable overlay at PATH.
+  $BB mount -t tmpfs -o mode=0700 tmpfs @STAGE@/lab
+  $BB awk '{print $2}' $IO/labels > $LOG.paths
+  matchpathcon -n $($BB cat $LOG.paths) > $LOG.ctx 2>>$LOG
+  $BB paste -d ' ' $IO/labels $LOG.ctx | while read -r tag path ctx; do
+    L=@STAGE@/lab/$tag
+    $BB mkdir -p $L/l $L/u $L/w
+    chcon "$ctx" $L/u  # the overlay's top directory is the upper one: label it as the tree
+    $BB mount -t 9p -o "trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose,context=$ctx" "$tag" $L/l >> $LOG 2>&1 &&
+      $BB mount -t overlay -o "lowerdir=$L/l,upperdir=$L/u,workdir=$L/w" overlay "$path" >> $LOG 2>&1 &&
+      echo "label $path $ctx" >> $LOG || echo "label $path failed" >> $LOG
+  done
+  # devtmpfs nodes were made before the policy was loaded; a real boot's udev/restorecon labels them.
+  restorecon -R /dev >> $LOG 2>&1; echo "restorecon_dev=$?" >> $LOG
+fi
+[ -f $LOG ] && $BB cp $LOG $IO/setup.log
 $BB hostname sbx-vm
 echo SBX-VM-READY > /dev/console
-/bin/sh @STAGE@/io/run.sh < /dev/null > @STAGE@/io/output 2>&1
-rc=$?
-echo "$rc" > @STAGE@/io/status
+if [ "$lsm" = selinux ]; then
+  # Output through a pipe, as from a terminal or a CI runner: an inherited fd on a file that a
+  # confined domain may not write (the io share) is closed by SELinux at its exec, so a sandbox's
+  # output would vanish.
+  { /bin/sh $IO/run.sh < /dev/null 2>&1; echo "$?" > @STAGE@/rc; } | $BB cat > $IO/output &
+  cat=$!
+  # Wait for the command, not for cat: a process the command left behind may still hold the pipe.
+  while [ ! -s @STAGE@/rc ]; do $BB usleep 200000; done
+  rc=$($BB cat @STAGE@/rc)
+  for i in 1 2 3 4 5 6 7 8 9 10; do $BB kill -0 $cat 2>/dev/null || break; $BB usleep 200000; done
+  $BB kill -9 -1 2>/dev/null  # then end whatever is left (all but pid 1, this shell)
+  wait
+else
+  /bin/sh $IO/run.sh < /dev/null > $IO/output 2>&1
+  rc=$?
+fi
+echo "$rc" > $IO/status
 $BB sync
 $BB umount @STAGE@/io
 echo "SBX-VM-EXIT=$rc" > /dev/console

@@ -30,7 +30,7 @@ LSM_ARGS = {
     # Debian's kernel: AppArmor is the default major LSM, SELinux is compiled in
     # without the selinux= boot parameter, so security= picks the one we want.
     "apparmor": "apparmor=1 security=apparmor",
-    "selinux": "security=selinux selinux=1 enforcing=0",
+    "selinux": "security=selinux selinux=1 enforcing=1",
     "none": "lsm=landlock,lockdown,yama,bpf",
 }
 BASE_ENV = {
@@ -40,6 +40,11 @@ BASE_ENV = {
     "TERM": "dumb",
 }
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# lsm="selinux": the trees the guest labels (9p carries no labels). Each is shared again on its own
+# 9p device, which the guest mounts with context= (one superblock, one label: what the policy's
+# file_contexts give the directory itself, e.g. /usr/bin bin_t, /usr/lib lib_t, /etc etc_t) under a
+# writable overlay. Parents before children: /usr's overlay is below /usr/bin's.
+SELINUX_LABELLED = ("/usr", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/usr/libexec", "/etc", "/var")
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,21 @@ def _script(argv: list[str], env: dict[str, str] | None, cwd: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def labelled_trees() -> list[tuple[str, str]]:
+    """(9p tag, path) of each SELINUX_LABELLED tree this host has as a real directory."""
+    return [(f"sbxl{i}", p) for i, p in enumerate(SELINUX_LABELLED)
+            if os.path.isdir(p) and not os.path.islink(p)]
+
+
 def qemu_argv(art: build.Artifacts, io_dir: Path, lsm: str, memory_mb: int, cpus: int) -> list[str]:
     append = f"console=ttyS0 quiet loglevel=3 panic=-1 cgroup_no_v1=all sbx.lsm={lsm} {LSM_ARGS[lsm]}"
     repo = str(REPO)
     if repo.startswith(("/tmp/", "/run/")) and " " not in repo:
         append += f" sbx.keep={repo}"  # the guest's /tmp and /run are fresh: stage 1 keeps the repo
+    shares = []
+    if lsm == "selinux":
+        for tag, path in labelled_trees():
+            shares += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none,readonly=on,multidevs=remap"]
     return [
         QEMU, "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
         # -nodefaults: no NIC (the guest needs no network), no VGA, no floppy/cdrom.
@@ -91,6 +106,7 @@ def qemu_argv(art: build.Artifacts, io_dir: Path, lsm: str, memory_mb: int, cpus
         "-kernel", str(art.kernel), "-initrd", str(art.initrd), "-append", append,
         "-virtfs", f"local,path=/,mount_tag={build.ROOT_TAG},security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={io_dir},mount_tag={build.IO_TAG},security_model=none",
+        *shares,
     ]
 
 
@@ -110,6 +126,7 @@ def run_in_vm(argv: list[str], *, lsm: str = "apparmor", timeout: float = 600,
     io_dir = Path(tempfile.mkdtemp(prefix="sbx-vm-io-"))
     try:
         (io_dir / "run.sh").write_text(_script(list(argv), env, Path(cwd) if cwd else REPO))
+        (io_dir / "labels").write_text("".join(f"{t} {p}\n" for t, p in labelled_trees()) if lsm == "selinux" else "")
         return _boot(qemu_argv(art, io_dir, lsm, memory_mb, cpus), io_dir, timeout)
     finally:
         shutil.rmtree(io_dir, ignore_errors=True)
