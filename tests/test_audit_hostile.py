@@ -83,3 +83,29 @@ def test_scan_survives_churn_of_short_lived_namespaced_processes():
     finally:
         os.killpg(churn.pid, signal.SIGKILL)
         churn.wait(timeout=10)
+
+
+BIDI_COMM = "ok\u202eexe\u200b".encode()  # right-to-left override + zero-width space: 11 bytes
+BIDI_ARG = "run\u2066\u200dme\u2069\ufeff"
+
+
+def test_bidi_and_zero_width_characters_are_escaped():
+    p = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "--", sys.executable, "-c", CHILD,
+                          BIDI_COMM.hex(), BIDI_ARG], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == b"1"
+        with open(f"/proc/{p.pid}/comm", "rb") as f:
+            assert f.read().rstrip(b"\n") == BIDI_COMM  # the kernel holds the raw characters
+        out = sbx("audit", "--pid", str(p.pid))
+        assert out.returncode == 0, out.stderr
+        assert "ok\\u202eexe\\u200b" in out.stdout
+        assert "run\\u2066\\u200dme\\u2069\\ufeff" in out.stdout
+        for bad in ("\u202e", "\u200b", "\u2066", "\u200d", "\u2069", "\ufeff"):
+            assert bad not in out.stdout
+        j = sbx("audit", "--pid", str(p.pid), "--format", "json")
+        doc = json.loads(j.stdout)
+        assert doc["containers"][0]["processes"] == ["ok\\u202eexe\\u200b"]
+        assert "\u202e" not in json.dumps(doc, ensure_ascii=False)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
