@@ -332,6 +332,7 @@ def test_rootless_podman_is_recognised_with_its_name_and_ids():
         assert gate.returncode == 0, gate.stdout
     finally:
         Z.podman_rm([name], user=user)
+        Z.rootless_stop(user)
 
 
 @pytest.mark.parametrize("runtime", ["runc", "crun"])

@@ -407,3 +407,19 @@ def kill(p: subprocess.Popen) -> None:
         p.wait(timeout=20)
     except subprocess.TimeoutExpired:
         pass
+
+
+def rootless_stop(user: Rootless) -> None:
+    """Stop the pause process rootless podman left holding the user's namespaces (by its pid file)."""
+    try:
+        with open(os.path.join(user.runtime_dir, "libpod", "tmp", "pause.pid")) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/status") as f:
+            uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+    except (OSError, ValueError, StopIteration):
+        return
+    if uid == user.uid:  # still that user's process, not a reused pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
