@@ -392,17 +392,16 @@ def _host_root(s: Subject):
        cis="5.31", pss=("baseline", "spec.volumes[*].hostPath"), ksv="KSV006", kubescape="C-0074")
 def _runtime_socket(s: Subject):
     out = []
-    for m, r in P.reachable_sockets(s):
+    for m, k, r in P.reachable_sockets(s):
         out.append(("critical" if r == "now" else "high",
-                    f"{m.runtime_socket} API socket reachable at {m.socket_path or m.target} "
-                    f"(mount of host {m.source} at {m.target})" + ("" if r == "now" else
-                                                                  "; usable after regaining host privilege"),
-                    {"runtime": m.runtime_socket, "path": m.socket_path, "target": m.target, "source": m.source}))
-    for m in P.unreachable_sockets(s):
-        o = m.socket_obj
-        out.append(("info", f"{m.runtime_socket} API socket visible at {m.socket_path or m.target} but mode "
-                            f"{o.mode:04o} owner {o.uid}:{o.gid} denies host uid {s.host_uid}",
-                    {"runtime": m.runtime_socket, "path": m.socket_path, "target": m.target, "reachable": False}))
+                    f"{k.runtime} API socket reachable at {k.path} (mount of host {m.source} at {m.target})"
+                    + ("" if r == "now" else "; usable after regaining host privilege"),
+                    {"runtime": k.runtime, "path": k.path, "target": m.target, "source": m.source}))
+    for m, k in P.unreachable_sockets(s):
+        o = k.obj
+        out.append(("info", f"{k.runtime} API socket visible at {k.path} but mode {o.mode:04o} owner "
+                            f"{o.uid}:{o.gid} denies host uid {s.host_uid}",
+                    {"runtime": k.runtime, "path": k.path, "target": m.target, "reachable": False}))
     return out
 
 
@@ -814,7 +813,7 @@ def markdown() -> str:
               "```",
               "{schema_version: \"1\", tool: {name, version}, kernel,",
               " summary: {containers, findings: {critical, high, medium, low, info}},",
-              " containers: [{id, name, runtime, init_pid, pids, processes, command, cgroup, labels,",
+              " containers: [{id, name, runtime, init_pid, pids, processes, command, cgroup, labels, helpers,",
               "               score, pss, worst, error,",
               "               posture: {uid, host_uid, gid, host_gid, userns, root_maps_host_root, cap_eff,",
               "                         cap_bnd, cap_amb, no_new_privs, seccomp, lsm_label, host_namespaces,",
@@ -825,7 +824,8 @@ def markdown() -> str:
               "`uid`/`gid` are the ids inside the container's user namespace, `host_uid`/`host_gid` the same "
               "credentials as the host sees them; `root_maps_host_root` is true when any id of the namespace maps "
               "to host uid 0. `init_pid` is the process the container is judged by: its most privileged workload "
-              "process (runtime helpers such as bwrap's, firejail's or conmon are not judged).", "",
+              "process (runtime helpers such as bwrap's, firejail's or conmon are not judged); `helpers` maps the "
+              "pids recognised as runtime helpers to the helper's name.", "",
               "Keys are only ever added within a schema version. Strings from containers are escaped "
               "(control characters as `\\xNN`, bidi and zero-width characters as `\\uNNNN`). Containers are "
               "ordered worst score first.", "",

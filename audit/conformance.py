@@ -123,9 +123,9 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
             out.append(_f("SBX-P042", f"host path {m.source} is mounted read-write at {m.target}",
                           source=m.source, target=m.target))
     if policy.get("mounts.runtime_sockets") == "forbidden":
-        for m, _ in P.reachable_sockets(s):
-            out.append(_f("SBX-P041", f"{m.runtime_socket} runtime socket reachable at {m.socket_path or m.target}",
-                          socket=m.runtime_socket, target=m.target))
+        for m, k, _ in P.reachable_sockets(s):
+            out.append(_f("SBX-P041", f"{k.runtime} runtime socket reachable at {k.path}",
+                          socket=k.runtime, target=m.target))
 
     out += _resources(policy, s, spec)
 

@@ -451,7 +451,7 @@ def group(scan: Scan | list[_Proc], host_pidns: int | None = None,
             # (its child) cannot take that place, so the name is not what identifies it here.
             extra[top.pid] = "sbx-init"
         init, status, helper_of = judge(members, helpers, host_pidns, extra)
-        path = init.key[-1] if init.key[0] == "rt" else init.key[-1]
+        path = init.key[-1]
         name = None
         if k[0] == "rt":
             runtime, ident, pod = k[1], k[2], k[3] or None

@@ -183,18 +183,20 @@ def host_binds(s: Subject):
 
 
 def reachable_sockets(s: Subject):
-    """(mount, 'now'|'regain') for each runtime API socket the process can connect to (write permission)."""
+    """(mount, socket, 'now'|'regain') for each runtime API socket the process can connect to (write permission)."""
     for m in s.mounts:
-        if m.runtime_socket:
-            r = reach(s, m.socket_obj, WRITE)
+        for k in m.all_sockets():
+            r = reach(s, k.obj, WRITE)
             if r is not None:
-                yield m, r
+                yield m, k, r
 
 
 def unreachable_sockets(s: Subject):
+    """(mount, socket) for each runtime API socket in view that the kernel would not let it connect to."""
     for m in s.mounts:
-        if m.runtime_socket and reach(s, m.socket_obj, WRITE) is None:
-            yield m
+        for k in m.all_sockets():
+            if reach(s, k.obj, WRITE) is None:
+                yield m, k
 
 
 # --- devices ------------------------------------------------------------------

@@ -67,6 +67,7 @@ def container_dict(r: "Result") -> dict:
         "command": r.command,
         "cgroup": c.cgroup_path,
         "labels": c.labels,
+        "helpers": {str(pid): h for pid, h in sorted(c.helpers.items())},
         "score": r.score,
         "pss": r.pss,
         "worst": r.worst,
@@ -96,7 +97,7 @@ def summary(results: list["Result"]) -> dict:
 
 def to_json(results: list["Result"], host_kernel: str = "") -> str:
     """Schema v1: {schema_version, tool, kernel, summary, containers:[{id,name,runtime,init_pid,pids,
-    processes,command,cgroup,labels,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
+    processes,command,cgroup,labels,helpers,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
     doc = {
         "schema_version": JSON_SCHEMA_VERSION,
         "tool": {"name": "sbx audit", "version": TOOL_VERSION},

@@ -43,6 +43,15 @@ def obj_of(path: str, st: os.stat_result | None) -> Obj | None:
 
 
 @dataclass(frozen=True)
+class SocketView:
+    """A host runtime API socket visible through a mount."""
+
+    runtime: str
+    path: str  # where inside the container
+    obj: Obj | None = None  # owner/mode (connect(2) needs write permission on it)
+
+
+@dataclass(frozen=True)
 class MountView:
     source: str  # host path for a bind mount, else the fs source ("overlay", "proc", ...)
     target: str
@@ -57,6 +66,13 @@ class MountView:
     mask: bool = False  # read-only bind of an empty file/directory: hides a path, exposes nothing
     same_place: bool = False  # a host path shown at its own path in a tree on the host's root
     nodev: bool = False
+    sockets: tuple[SocketView, ...] = ()  # every runtime socket reachable through this mount (first: runtime_socket)
+
+    def all_sockets(self) -> tuple[SocketView, ...]:
+        if self.sockets:
+            return self.sockets
+        return (SocketView(self.runtime_socket, self.socket_path or self.target, self.socket_obj),) \
+            if self.runtime_socket else ()
 
 
 @dataclass(frozen=True)
@@ -365,7 +381,7 @@ def _mount_views(view: _View, host, pid: int, root_is_host: bool) -> list[MountV
         sock_by_dev.setdefault(s.mount_dev, []).append(s)
     for m in view.mounts:
         hp = host.host_path(m) if m.fstype not in _SYNTHETIC_FS else None
-        sock = sock_at = sock_obj = None
+        socks: list[SocketView] = []
         for s in sock_by_dev.get(m.dev, ()):
             r = m.root.rstrip("/")
             if s.fs_path == m.root or s.fs_path.startswith(r + "/"):
@@ -373,8 +389,9 @@ def _mount_views(view: _View, host, pid: int, root_is_host: bool) -> list[MountV
                 st = facts.stat_in_root(pid, inside)
                 # Same device+inode inside the container as the host's listening socket.
                 if st is not None and st.st_ino == s.ino and st.st_dev == s.dev:
-                    sock, sock_at, sock_obj = s.runtime, inside, obj_of(inside, st)
-                    break
+                    socks.append(SocketView(s.runtime, inside, obj_of(inside, st)))
+        first = socks[0] if socks else None
+        sock, sock_at, sock_obj = (first.runtime, first.path, first.obj) if first else (None, None, None)
         inherited = (m.dev, m.root, m.mountpoint) in host_keys
         bind = hp is not None and not inherited
         mask = bind and m.readonly and sock is None and _empty_object(pid, m.mountpoint)
@@ -385,7 +402,7 @@ def _mount_views(view: _View, host, pid: int, root_is_host: bool) -> list[MountV
             shared=group is not None and group in peers,
             bind=bind, runtime_socket=sock, socket_path=sock_at,
             inherited=inherited, socket_obj=sock_obj, mask=mask,
-            same_place=bind and root_is_host and hp == m.mountpoint, nodev=m.nodev,
+            same_place=bind and root_is_host and hp == m.mountpoint, nodev=m.nodev, sockets=tuple(socks),
         ))
     return out
 

@@ -132,8 +132,8 @@ def test_cli_json_schema_is_stable(zoo):  # noqa: F811
     mine = [c for c in doc["containers"] if (c["name"] or "").startswith(zoo.prefix)]
     assert len(mine) == len(zoo.names)
     for c in mine:
-        assert set(c) == {"id", "name", "runtime", "init_pid", "pids", "processes", "command", "cgroup", "labels", "score",
-                          "pss", "worst", "error", "posture", "findings"}
+        assert set(c) == {"id", "name", "runtime", "init_pid", "pids", "processes", "command", "cgroup", "labels",
+                          "helpers", "score", "pss", "worst", "error", "posture", "findings"}
         assert 0 <= c["score"] <= 100 and c["pss"] in ("restricted", "baseline", "privileged")
         for f in c["findings"]:
             assert set(f) == {"check", "severity", "title", "message", "evidence"}
