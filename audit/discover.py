@@ -17,6 +17,7 @@ cannot hide by calling itself "bwrap". Processes that vanish mid-scan are skippe
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -348,7 +349,7 @@ def _monitor_attribution(top: int, table, helpers: _Helpers) -> tuple[Attributio
     `-M NAME` or `-D DIR` (machined or not). Only a monitor that executes the host's
     binary counts, so a container cannot name itself after another one.
     """
-    for a in list(_ancestors(top, table))[:64]:
+    for a in itertools.islice(_ancestors(top, table), 64):
         kind = helpers.of(a)
         if kind not in ("conmon", "systemd-nspawn"):
             continue
@@ -467,9 +468,11 @@ def group(scan: Scan | list[_Proc], host_pidns: int | None = None,
             name = monitor_att.name
         forwarders: list[int] = []
         parent = table.get(top.pid, (0, "", 0))[0]
-        if parent and parent not in pids and parent != 1 and (
-                table.get(parent, (0, "", 0))[1] in FORWARDER_COMMS or runtime == "sbx" or
-                helpers.of(parent) == "conmon"):
+        pcomm = table.get(parent, (0, "", 0))[1]
+        # The forwarder is outside the container: conmon (its binary), sbx's supervisor or CLI for an sbx
+        # cgroup, a rootless port forwarder. A bare tree's parent is just whoever started it.
+        if parent and parent not in pids and parent != 1 and runtime != "namespaced" and (
+                helpers.of(parent) == "conmon" or runtime == "sbx" or pcomm in FORWARDER_COMMS):
             forwarders.append(parent)
         out.append(Container(runtime=runtime, id=ident, init_pid=init.pid,
                              pids=sorted(pids), comms={p.pid: p.comm for p in members},
