@@ -1,10 +1,12 @@
 """The check catalogue: one list, used by `sbx audit` (live containers) and by policy/admission (Specs).
 
-Each check reads only a Subject (audit.subject) and returns Findings. IDs are
+Each check reads only a Subject (audit.subject) and returns Findings; what
+"privileged", "host root" or "reachable" mean is defined once, in
+audit.predicates, and shared with the policy rules (audit.conformance). IDs are
 stable: never renumber, only add. Mappings name the matching control in the
-CIS Docker Benchmark (section 5 unless stated), the Kubernetes Pod Security
-Standards (level + field), Trivy's KSV checks and Kubescape's C-xxxx controls,
-where one exists. The catalogue is documented in audit/CHECKS.md (generated
+CIS Docker Benchmark (section 5 unless stated; numbering of v1.5.0 -- see
+CIS_DOCKER_VERSION), the Kubernetes Pod Security Standards (level + field),
+Trivy's KSV checks and Kubescape's C-xxxx controls, where one exists. The catalogue is documented in audit/CHECKS.md (generated
 from this file by `python -m audit.checks --markdown`).
 """
 from __future__ import annotations
@@ -12,7 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import predicates as P
 from .subject import SAFE_DEVICES, SHM_DIRS, Subject, kernel_tuple
+
+# The CIS Docker Benchmark release whose section-5 numbers the `cis` mappings use. v1.2.0 to
+# v1.5.0 number section 5 alike (5.1 AppArmor ... 5.31 Docker socket); v1.6.0 inserted a new
+# 5.1 and shifted the rest by one, so its 5.5 is this catalogue's 5.4.
+CIS_DOCKER_VERSION = "1.5.0"
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -64,7 +72,7 @@ class Check:
     rationale: str
     remediation: str
     reads: tuple[str, ...]
-    cis: str | None = None  # CIS Docker Benchmark 1.x recommendation number
+    cis: str | None = None  # CIS Docker Benchmark recommendation number (CIS_DOCKER_VERSION numbering)
     pss: tuple[str, str] | None = None  # (baseline|restricted, field)
     ksv: str | None = None  # Trivy misconfiguration id
     kubescape: str | None = None
@@ -78,7 +86,8 @@ class Check:
         return out
 
     def mappings(self) -> dict:
-        return {"cis_docker": self.cis, "pss": None if self.pss is None else {"level": self.pss[0], "field": self.pss[1]},
+        return {"cis_docker": self.cis, "cis_docker_version": CIS_DOCKER_VERSION if self.cis else None,
+                "pss": None if self.pss is None else {"level": self.pss[0], "field": self.pss[1]},
                 "trivy": self.ksv, "kubescape": self.kubescape}
 
 
@@ -96,13 +105,16 @@ def _caps(cs) -> str:
     return ", ".join(sorted(cs))
 
 
-def _confined(s: Subject) -> bool:
-    """Capabilities held inside an own user namespace that is not host root act only on that namespace."""
-    return s.userns and not s.root_maps_host_root
+_confined = P.confined
 
 
 def _lower(sev: str) -> str:
     return SEVERITIES[max(0, SEVERITY_RANK[sev] - 1)]
+
+
+def _as_user(s: Subject, sev: str) -> str:
+    """One level lower when the process cannot exceed what its host uid may do anyway."""
+    return _lower(sev) if P.unprivileged(s) else sev
 
 
 # --- privilege --------------------------------------------------------------
@@ -114,17 +126,7 @@ def _lower(sev: str) -> str:
        ("status.CapBnd", "mountinfo", "cgroup devices.list"),
        cis="5.4", pss=("baseline", "securityContext.privileged"), ksv="KSV017", kubescape="C-0057")
 def _privileged(s: Subject):
-    if not s.cap_all or not s.cap_all <= s.cap_bnd:
-        return []
-    signs = []
-    if s.proc_masks_missing:
-        signs.append("/proc masks missing")
-    if s.proc_sys_writable:
-        signs.append("/proc/sys writable")
-    if s.devices_cgroup_all:
-        signs.append("all devices allowed")
-    if s.sysfs_writable:
-        signs.append("/sys writable")
+    signs = P.privileged_signs(s)
     if not signs:
         return []
     sev = "critical" if not _confined(s) else "high"
@@ -309,7 +311,9 @@ def _ns_check(kind: str, id: str, title: str, sev: str, why: str, fix: str, **m)
     @check(id, title, sev, why, fix, (f"ns/{kind}",), **m)
     def _fn(s: Subject):
         if kind in s.host_namespaces:
-            return [(f"{kind} namespace is the host's (same inode as the host's init)", {"namespace": kind})]
+            extra = f"; the process is unprivileged host uid {s.host_uid}" if P.unprivileged(s) else ""
+            return [(_as_user(s, sev), f"{kind} namespace is the host's (same inode as the host's init{extra})",
+                     {"namespace": kind})]
         return []
     return _fn
 
@@ -355,20 +359,26 @@ def _no_userns(s: Subject):
        ("status.Uid",), pss=("restricted", "securityContext.runAsNonRoot"), ksv="KSV012", kubescape="C-0013")
 def _root(s: Subject):
     if s.uid == 0:
-        return [("effective uid is 0", {"uid": 0, "host_uid": s.host_uid})]
+        return [("effective uid is 0" + (f" inside (host uid {s.host_uid})" if s.userns else ""),
+                 {"uid": 0, "host_uid": s.host_uid})]
     return []
 
 
-@check("SBX-A022", "uid 0 is host root", "high",
-       "When uid 0 inside maps to host uid 0 (no user namespace, or a 0->0 mapping), a breakout lands as "
-       "host root and files written on shared mounts are owned by host root.",
-       "Use a user namespace that maps container root to an unprivileged host uid.",
-       ("uid_map",), pss=("restricted", "securityContext.runAsUser"), ksv="KSV105")
+@check("SBX-A022", "An id maps to host root", "high",
+       "When an id inside maps to host uid 0 (no user namespace, a 0->0 mapping, or any other id mapped to "
+       "host root) a process with that id is host root: a breakout lands as host root and files written on "
+       "shared mounts are owned by host root.",
+       "Use a user namespace that maps no id to host uid 0 (container root to an unprivileged host uid).",
+       ("status.Uid", "uid_map"), pss=("restricted", "securityContext.runAsUser"), ksv="KSV105")
 def _host_root(s: Subject):
-    if s.root_maps_host_root and (s.uid == 0 or "SETUID" in s.cap_bnd):
-        return [("high" if s.uid == 0 else "medium",
-                 "container uid 0 is host uid 0" + ("" if s.uid == 0 else " (reachable via SETUID)"),
-                 {"uid": s.uid, "host_uid": s.host_uid})]
+    ev = {"uid": s.uid, "host_uid": s.host_uid}
+    if P.is_host_root(s):
+        inside = "" if not s.userns or s.uid == 0 else f" (uid {s.uid} inside its user namespace)"
+        return [("high", f"the process runs as host uid 0{inside}", ev)]
+    if s.root_maps_host_root and (s.uid == 0 or "SETUID" in s.cap_bnd or s.no_new_privs is not True):
+        inside = next((i for i, out, n in s.uid_map if out <= 0 < out + n), None)
+        which = "uid 0" if inside in (None, 0) else f"uid {inside}"
+        return [("medium", f"container {which} is host uid 0 (reachable via SETUID or setuid binaries)", ev)]
     return []
 
 
@@ -382,22 +392,24 @@ def _host_root(s: Subject):
        cis="5.31", pss=("baseline", "spec.volumes[*].hostPath"), ksv="KSV006", kubescape="C-0074")
 def _runtime_socket(s: Subject):
     out = []
-    for m in s.mounts:
-        if m.runtime_socket:
-            out.append((f"{m.runtime_socket} API socket reachable at {m.socket_path or m.target} "
-                        f"(mount of host {m.source} at {m.target})",
-                        {"runtime": m.runtime_socket, "path": m.socket_path, "target": m.target, "source": m.source}))
+    for m, k, r in P.reachable_sockets(s):
+        out.append(("critical" if r == "now" else "high",
+                    f"{k.runtime} API socket reachable at {k.path} (mount of host {m.source} at {m.target})"
+                    + ("" if r == "now" else "; usable after regaining host privilege"),
+                    {"runtime": k.runtime, "path": k.path, "target": m.target, "source": m.source}))
+    for m, k in P.unreachable_sockets(s):
+        o = k.obj
+        out.append(("info", f"{k.runtime} API socket visible at {k.path} but mode {o.mode:04o} owner "
+                            f"{o.uid}:{o.gid} denies host uid {s.host_uid}",
+                    {"runtime": k.runtime, "path": k.path, "target": m.target, "reachable": False}))
     return out
 
 
-# Per-container files the runtime itself generates and binds (resolv.conf, hosts, secrets volumes).
-RUNTIME_OWNED = ("/run/containers/storage/overlay-containers/", "/var/lib/containers/storage/overlay-containers/",
-                 "/var/lib/docker/containers/", "/var/lib/kubelet/pods/", "/run/sbx/", "/run/libpod/",
-                 "/var/run/containers/storage/overlay-containers/", "/run/user/")
+RUNTIME_OWNED = P.RUNTIME_OWNED
 
 
 def _sensitive(path: str) -> str | None:
-    if path.startswith(RUNTIME_OWNED) or "/containers/storage/overlay-containers/" in path:
+    if P.runtime_owned(path):
         return None
     for p in SENSITIVE_PATHS:
         if path == p or (p != "/" and path.startswith(p + "/")):
@@ -414,15 +426,16 @@ def _sensitive(path: str) -> str | None:
 def _sensitive_rw(s: Subject):
     out = []
     flagged: list[str] = []
-    for m in s.mounts:
-        if not m.bind or m.readonly or m.target == "/" or (m.runtime_socket and m.socket_path == m.target):
+    for m in P.host_binds(s):
+        if m.readonly or m.target == "/" or (m.runtime_socket and m.socket_path == m.target):
             continue
         if any(m.target.startswith(t.rstrip("/") + "/") for t in flagged):
             continue  # a submount of a recursive bind already reported (-v /:/host brings /host/run/...)
         base = _sensitive(m.source)
         if base is not None and not m.source.startswith("/dev/shm"):
             flagged.append(m.target)
-            sev = "critical" if m.source == "/" else "high"
+            # Writes still pass the host uid's permission checks: an unprivileged tree writes only its own files.
+            sev = _as_user(s, "critical" if m.source == "/" else "high")
             out.append((sev, f"host {m.source} mounted read-write at {m.target}",
                         {"source": m.source, "target": m.target}))
     return out
@@ -436,8 +449,8 @@ def _sensitive_rw(s: Subject):
 def _sensitive_ro(s: Subject):
     out = []
     flagged: list[str] = []
-    for m in s.mounts:
-        if not m.bind or m.target == "/" or (m.runtime_socket and m.socket_path == m.target):
+    for m in P.host_binds(s):
+        if m.target == "/" or (m.runtime_socket and m.socket_path == m.target):
             continue
         if any(m.target.startswith(t.rstrip("/") + "/") for t in flagged):
             continue
@@ -465,8 +478,8 @@ def _system_ro(source: str, base: str) -> bool:
        ("mountinfo",), cis="5.5")
 def _system_dirs_ro(s: Subject):
     out = []
-    for m in s.mounts:
-        if not m.bind or not m.readonly or m.target == "/" or m.runtime_socket:
+    for m in P.host_binds(s):
+        if not m.readonly or m.target == "/" or m.runtime_socket:
             continue
         base = _sensitive(m.source)
         if base is not None and _system_ro(m.source, base):
@@ -483,19 +496,25 @@ def _host_root_fs(s: Subject):
     if s.root_is_host_root:
         root = next((m for m in s.mounts if m.target == "/"), None)
         ro = root is not None and root.readonly
-        return [("medium" if ro else "high", "the container's / is the host's / " + ("(read-only)" if ro else "(writable)"), {})]
+        what = "the container's / is the host's / " + ("(read-only)" if ro else "(writable)")
+        if P.unprivileged(s):
+            # Every host file in reach is one its host uid reaches without any container.
+            return [("low", f"{what}, with the access of unprivileged host uid {s.host_uid} only", {})]
+        return [("medium" if ro else "high", what, {})]
     return []
 
 
 @check("SBX-A027", "Shared mount propagation", "medium",
-       "A mount with shared propagation passes mounts made in the container to the host (and back), so a "
-       "container with mount rights can plant mounts on the host.",
+       "A mount in a propagation peer group the host is in passes mounts made in the container to the host "
+       "(and back), so a container with mount rights can plant mounts on the host. Peer groups that exist only "
+       "inside the container do not reach the host.",
        "Use private or slave propagation for binds (no :shared / :rshared).",
        ("mountinfo optional fields",), cis="5.19")
 def _propagation(s: Subject):
     shared = [m.target for m in s.mounts if m.shared]
     if shared:
-        return [(f"{len(shared)} mount(s) with shared propagation: {', '.join(shared[:5])}", {"targets": shared})]
+        return [(f"{len(shared)} mount(s) share propagation with the host: {', '.join(shared[:5])}",
+                 {"targets": shared})]
     return []
 
 
@@ -506,6 +525,9 @@ def _propagation(s: Subject):
        ("mountinfo",), pss=("baseline", "securityContext.procMount"), ksv="KSV027")
 def _proc_masks(s: Subject):
     if s.proc_masks_missing:
+        if P.unprivileged(s):
+            return [("low", f"not masked: {', '.join(s.proc_masks_missing)} (read as unprivileged host uid "
+                            f"{s.host_uid}, as any of its processes can)", {"missing": list(s.proc_masks_missing)})]
         return [(f"not masked: {', '.join(s.proc_masks_missing)}", {"missing": list(s.proc_masks_missing)})]
     return []
 
@@ -516,9 +538,11 @@ def _proc_masks(s: Subject):
        "Keep /proc/sys read-only (the runtime default); set the sysctls needed with --sysctl.",
        ("mountinfo",), pss=("baseline", "securityContext.procMount"), ksv="KSV026")
 def _proc_sys(s: Subject):
-    if s.proc_sys_writable:
-        sev = "high" if not _confined(s) else "medium"
-        return [(sev, "/proc/sys is mounted read-write", {})]
+    r = P.proc_sys_writable(s)
+    if r == "now":
+        return [("high", "/proc/sys is mounted read-write and this process (host root) can write host sysctls", {})]
+    if r == "regain":
+        return [("medium", "/proc/sys is mounted read-write; writable after regaining host root", {})]
     return []
 
 
@@ -527,8 +551,10 @@ def _proc_sys(s: Subject):
        "Mount /sys read-only (the runtime default) or not at all.", ("mountinfo",), cis="5.4",
        pss=("baseline", "securityContext.privileged"))
 def _sys_rw(s: Subject):
-    if s.sysfs_writable:
-        return [("high" if not _confined(s) else "medium", "/sys is mounted read-write", {})]
+    r = P.sysfs_writable(s)
+    if r is not None:
+        return [("high" if r == "now" else "medium", "/sys is mounted read-write"
+                 + ("" if r == "now" else "; writable after regaining host privilege"), {})]
     return []
 
 
@@ -548,14 +574,23 @@ def _root_rw(s: Subject):
        "Mount cgroupfs read-only (the runtime default), drop SYS_ADMIN, use cgroup v2.",
        ("mountinfo", "status.CapEff"), cis="5.24", kubescape="C-0086")
 def _cgroup_escape(s: Subject):
-    if not s.cgroupfs_writable:
+    rw = P.writable_cgroupfs(s)
+    if not rw:
         return []
-    if "SYS_ADMIN" in s.cap_eff:
-        sev = "critical" if s.cgroup_v1_release_agent and not _confined(s) else "high"
-        return [(sev, f"cgroupfs writable at {', '.join(s.cgroupfs_writable[:4])} with SYS_ADMIN"
-                 + (" (v1: release_agent)" if s.cgroup_v1_release_agent else ""),
-                 {"targets": list(s.cgroupfs_writable), "v1": s.cgroup_v1_release_agent})]
-    return [("medium", f"cgroupfs writable at {', '.join(s.cgroupfs_writable[:4])}", {"targets": list(s.cgroupfs_writable)})]
+    targets = [t for t, _, _, _ in rw]
+    v1 = any(v == 1 for _, v, _, _ in rw)
+    ev = {"targets": targets, "v1": v1}
+    where = ", ".join(targets[:4])
+    # Since 5.17 writing release_agent needs SYS_ADMIN in the initial user namespace (and mounting
+    # a v1 hierarchy does too): only host capabilities make this the release_agent escape.
+    if "SYS_ADMIN" in P.host_caps(s):
+        return [("critical" if v1 else "high",
+                 f"cgroupfs writable at {where} with host SYS_ADMIN" + (" (v1: release_agent)" if v1 else ""), ev)]
+    if P.unprivileged(s):
+        return [("low", f"cgroupfs writable at {where} by its own host uid {s.host_uid} (a delegated cgroup)", ev)]
+    if all(r == "regain" for _, _, r, _ in rw):
+        return [("medium", f"cgroupfs mounted read-write at {where}; writable after regaining host privilege", ev)]
+    return [("medium", f"cgroupfs writable at {where}", ev)]
 
 
 # --- devices ----------------------------------------------------------------------
@@ -565,6 +600,7 @@ def _safe_dev(d) -> bool:
 
 
 _UNSAFE: dict[int, tuple] = {}  # id(devices tuple) -> (tuple kept alive, unsafe devices)
+_OPENABLE: dict[tuple, tuple] = {}  # (id(devices), credentials, /dev mounts) -> (tuple kept alive, openable unsafe ones)
 
 
 def _unsafe_devices(devs: tuple) -> list:
@@ -587,12 +623,20 @@ def _unsafe_devices(devs: tuple) -> list:
 def _devices(s: Subject):
     if not s.devices:
         return []
-    bad = _unsafe_devices(s.devices)
+    key = (id(s.devices), P.cred_key(s), s.dev_mounts)
+    hit = _OPENABLE.get(key)
+    if hit is None or hit[0] is not s.devices:
+        if len(_OPENABLE) > 1024:
+            _OPENABLE.clear()
+        # Many containers share one /dev listing and the same credentials: judge each set once.
+        hit = _OPENABLE[key] = (s.devices, [d for d in _unsafe_devices(s.devices) if P.device_openable(s, d)])
+    bad = hit[1]
     if not bad:
         return []
     blocks = [d.path for d in bad if d.kind == "b"]
     names = [d.path for d in bad][:8]
-    sev = "critical" if blocks and not _confined(s) else "high"
+    # A node the process can open outside any container as well (its host uid passes) is no new reach.
+    sev = _as_user(s, "critical" if blocks and not _confined(s) else "high")
     return [(sev, f"{len(bad)} host device node(s): {', '.join(names)}" + (" ..." if len(bad) > 8 else ""),
              {"devices": [f"{d.kind} {d.major}:{d.minor} {d.path}" for d in bad[:64]]})]
 
@@ -602,9 +646,13 @@ def _devices(s: Subject):
        "Restrict the device cgroup to the runtime default.", ("cgroup devices.list",), cis="5.17",
        pss=("baseline", "securityContext.privileged"))
 def _devices_all(s: Subject):
-    # mknod of real devices is refused outside the initial user namespace whatever the cgroup says.
-    if s.devices_cgroup_all and ("MKNOD" in s.cap_eff or s.uid == 0) and not _confined(s):
-        return [("devices.list is 'a *:* rwm'", {})]
+    # mknod of real devices needs MKNOD in the initial user namespace whatever the cgroup says.
+    if not s.devices_cgroup_all or s.userns:
+        return []
+    if "MKNOD" in s.cap_eff:
+        return [("devices.list is 'a *:* rwm' and the process holds MKNOD", {})]
+    if "MKNOD" in s.cap_bnd and P.may_gain_host_privilege(s):
+        return [("medium", "devices.list is 'a *:* rwm'; MKNOD can be regained (bounding set)", {})]
     return []
 
 
@@ -653,7 +701,7 @@ def _listen_all(s: Subject):
         where = "host network namespace" if s.network == "host" else "the container's own network namespace"
         out.append((sev, f"listening on all interfaces in {where}: {', '.join(s.listeners_all_interfaces[:6])}",
                     {"listeners": list(s.listeners_all_interfaces)}))
-    wild = [p for p in s.published_ports if p.startswith(("0.0.0.0:", "[::]:", "::"))]
+    wild = P.wildcard_ports(s)
     if wild:
         out.append(("low", f"ports published on all host interfaces: {', '.join(wild)}", {"ports": wild}))
     return out
@@ -663,14 +711,7 @@ def _listen_all(s: Subject):
        "Publishing a host port below 1024 needs privileges on the host and is usually a system service's.",
        "Publish on a port >= 1024.", ("published ports",), cis="5.7")
 def _priv_ports(s: Subject):
-    low = []
-    for p in s.published_ports:
-        try:
-            hp = int(p.split("->")[0].rsplit(":", 1)[1])
-        except (IndexError, ValueError):
-            continue
-        if hp < 1024:
-            low.append(p)
+    low = P.privileged_ports(s)
     return [(f"privileged host ports: {', '.join(low)}", {"ports": low})] if low else []
 
 
@@ -688,6 +729,20 @@ def _kernel(s: Subject):
         return [("high", f"kernel {s.kernel} is older than {OLD_KERNEL[0]}.{OLD_KERNEL[1]}", {"kernel": s.kernel})]
     if v < MIN_KERNEL:
         return [(f"kernel {s.kernel} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}", {"kernel": s.kernel})]
+    return []
+
+
+@check("SBX-A043", "Mount table incomplete", "high",
+       "The container's mount table is larger than sbx reads (16 MiB, four times the largest tables seen on busy "
+       "hosts): a container can pad it with thousands of "
+       "mounts or long escaped paths so that a host bind listed late is never seen. Every mount-based verdict for "
+       "it is unknown.",
+       "Find out why the container has so many mounts; audit it with the runtime's own inspect output.",
+       ("mountinfo (length)",))
+def _mounts_incomplete(s: Subject):
+    if not s.mounts_complete:
+        return [(f"only the first {len(s.mounts)} visible mounts of a mount table over the read limit were judged",
+                 {"mounts_read": len(s.mounts)})]
     return []
 
 
@@ -739,8 +794,13 @@ def markdown() -> str:
     lines = ["# sbx audit check catalogue", "",
              "Generated from `audit/checks.py` (`python -m audit.checks --markdown`). IDs are stable.", "",
              "Severity is the usual one; a finding may be lowered when the capability or mount is confined by an "
-             "own user namespace that does not map to host root.", "",
-             "| ID | Title | Severity | CIS Docker | PSS | Trivy | Kubescape |", "|---|---|---|---|---|---|---|"]
+             "own user namespace that does not map to host root, when the kernel would deny this process the "
+             "access (decided from its host credentials against the object's owner and mode), or when the process "
+             "cannot exceed what its unprivileged host uid may do anyway.", "",
+             f"CIS numbers follow the CIS Docker Benchmark v{CIS_DOCKER_VERSION} (section 5 is numbered the same "
+             "from v1.2.0 to v1.5.0; v1.6.0 inserted a new 5.1 and shifted the rest by one).", "",
+             f"| ID | Title | Severity | CIS Docker v{CIS_DOCKER_VERSION} | PSS | Trivy | Kubescape |",
+             "|---|---|---|---|---|---|---|"]
     for c in CHECKS:
         pss = f"{c.pss[0]}: `{c.pss[1]}`" if c.pss else "-"
         lines.append(f"| {c.id} | {c.title} | {c.severity} | {c.cis or '-'} | {pss} | {c.ksv or '-'} | {c.kubescape or '-'} |")
@@ -753,20 +813,30 @@ def markdown() -> str:
               "```",
               "{schema_version: \"1\", tool: {name, version}, kernel,",
               " summary: {containers, findings: {critical, high, medium, low, info}},",
-              " containers: [{id, name, runtime, init_pid, pids, processes, command, cgroup, labels,",
+              " containers: [{id, name, runtime, init_pid, pids, processes, command, cgroup, labels, helpers,",
               "               score, pss, worst, error,",
-              "               posture: {uid, host_uid, userns, root_maps_host_root, cap_eff, cap_bnd, cap_amb,",
-              "                         no_new_privs, seccomp, lsm_label, host_namespaces, root_readonly,",
-              "                         memory_limit, pids_limit, cpu_limit, network},",
+              "               posture: {uid, host_uid, gid, host_gid, userns, root_maps_host_root, cap_eff,",
+              "                         cap_bnd, cap_amb, no_new_privs, seccomp, lsm_label, host_namespaces,",
+              "                         root_readonly, memory_limit, pids_limit, cpu_limit, network,",
+              "                         published_ports, mounts_complete},",
               "               findings: [{check, severity, title, message, evidence}]}]}",
               "```", "",
+              "`uid`/`gid` are the ids inside the container's user namespace, `host_uid`/`host_gid` the same "
+              "credentials as the host sees them; `root_maps_host_root` is true when any id of the namespace maps "
+              "to host uid 0. `init_pid` is the process the container is judged by: its most privileged workload "
+              "process (runtime helpers such as bwrap's, firejail's or conmon are not judged); `helpers` maps the "
+              "pids recognised as runtime helpers to the helper's name.", "",
               "Keys are only ever added within a schema version. Strings from containers are escaped "
-              "(control characters as `\\xNN`). Containers are ordered worst score first.", "",
+              "(control characters as `\\xNN`, bidi and zero-width characters as `\\uNNNN`). Containers are "
+              "ordered worst score first.", "",
               "## SARIF output (`--format sarif`)", "",
               "SARIF 2.1.0, one run; `tool.driver.rules` holds one rule per check (help text, "
               "`properties.mappings` with the CIS/PSS/Trivy/Kubescape ids, `security-severity`); each result "
-              "references its rule by `ruleId`/`ruleIndex` and names the container as a logical location "
-              "(`runtime/name`). Critical/high map to `error`, medium to `warning`, low/info to `note`.", ""]
+              "references its rule by `ruleId`/`ruleIndex`, has a physical location (the artifact "
+              "`containers/RUNTIME/NAME`, line 1, so code scanning accepts it) and names the container as a "
+              "logical location (`runtime/name`), and carries a `partialFingerprints` value unique to that finding "
+              "(a hash of container, check and the finding's subject). Critical/high map to `error`, medium to "
+              "`warning`, low/info to `note`.", ""]
     for c in CHECKS:
         lines += [f"## {c.id}: {c.title}", "", f"*Severity:* {c.severity}. *Reads:* {', '.join(c.reads)}.", "",
                   c.rationale, "", f"*Remediation:* {c.remediation}", ""]

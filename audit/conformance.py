@@ -2,14 +2,17 @@
 
 A policy is a set of parametrised checks with stable IDs (SBX-Pxxx). They read
 only the Subject (audit.subject), exactly like the risk catalogue in
-audit.checks, so `sbx run --policy`, `sbx audit --policy` and
-`sbx policy check` can never disagree.
+audit.checks, and decide through the same predicates (audit.predicates: what
+"privileged" is, which mounts really expose a host path, which runtime sockets
+the process can use), so `sbx run --policy`, `sbx audit --policy`,
+`sbx policy check` and the risk findings can never disagree.
 """
 from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field, replace
 
+from . import predicates as P
 from .checks import Finding
 from .policy import Policy
 from .subject import Subject
@@ -69,16 +72,20 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
     bad = sorted(caps & policy.denied_caps())
     if bad:
         out.append(_f("SBX-P002", f"denied capabilities present: {', '.join(bad)}", caps=bad))
-    if policy.get("capabilities.privileged") == "forbidden" and s.cap_all and s.cap_bnd >= s.cap_all:
-        out.append(_f("SBX-P003", "the capability bounding set is full (privileged)"))
+    signs = P.privileged_signs(s)
+    if policy.get("capabilities.privileged") == "forbidden" and signs:
+        out.append(_f("SBX-P003", "privileged: full capability bounding set with " + ", ".join(signs), signs=signs))
 
+    # uids are the container's own (inside its user namespace): what `--user` and runAsUser say.
     if policy.get("identity.run_as_non_root") is True and s.uid == 0:
-        out.append(_f("SBX-P010", "the workload's uid is 0", uid=0))
+        out.append(_f("SBX-P010", "the workload's uid is 0" + (f" (host uid {s.host_uid})" if s.userns else ""),
+                      uid=0, host_uid=s.host_uid))
     ranges = policy.uid_ranges()
     if ranges and s.uid is not None and not any(lo <= s.uid <= hi for lo, hi in ranges):
-        out.append(_f("SBX-P011", f"uid {s.uid} is outside {', '.join(f'{a}-{b}' for a, b in ranges)}", uid=s.uid))
+        out.append(_f("SBX-P011", f"uid {s.uid} is outside {', '.join(f'{a}-{b}' for a, b in ranges)}",
+                      uid=s.uid, host_uid=s.host_uid))
     if policy.get("identity.userns_required") is True and (not s.userns or s.root_maps_host_root):
-        out.append(_f("SBX-P012", "no private user namespace" if not s.userns else "uid 0 maps to host root"))
+        out.append(_f("SBX-P012", "no private user namespace" if not s.userns else "an id maps to host root"))
 
     if policy.get("controls.read_only_root") == "required" and s.root_readonly is False:
         out.append(_f("SBX-P020", "the root filesystem is writable"))
@@ -107,9 +114,7 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
 
     denied = policy.get("mounts.denied_host_paths", []) or []
     rw_ok = policy.get("mounts.rw_allowed_host_paths", []) or []
-    for m in s.mounts:
-        if not m.bind:
-            continue
+    for m in P.host_binds(s):
         hit = next((d for d in denied if _under(m.source, d)), None)
         if hit:
             out.append(_f("SBX-P040", f"host path {m.source} mounted at {m.target} (policy denies {hit})",
@@ -117,14 +122,15 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
         elif not m.readonly and m.target != "/" and not any(_under(m.source, p) for p in rw_ok):
             out.append(_f("SBX-P042", f"host path {m.source} is mounted read-write at {m.target}",
                           source=m.source, target=m.target))
-        if m.runtime_socket and policy.get("mounts.runtime_sockets") == "forbidden":
-            out.append(_f("SBX-P041", f"{m.runtime_socket} runtime socket reachable at {m.target}",
-                          socket=m.runtime_socket, target=m.target))
+    if policy.get("mounts.runtime_sockets") == "forbidden":
+        for m, k, _ in P.reachable_sockets(s):
+            out.append(_f("SBX-P041", f"{k.runtime} runtime socket reachable at {k.path}",
+                          socket=k.runtime, target=m.target))
 
     out += _resources(policy, s, spec)
 
     modes = policy.get("network.allowed_modes")
-    host_net = "net" in s.host_namespaces or s.network == "host"
+    host_net = P.host_network(s)
     if host_net and policy.get("network.host_network") == "forbidden" and "net" not in shared_ok:
         if not any(f.check_id == "SBX-P030" and f.evidence.get("namespace") == "net" for f in out):
             out.append(_f("SBX-P060", "the container uses the host network"))
@@ -132,14 +138,13 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
         out.append(_f("SBX-P060", f"network mode {s.network!r} is not in {', '.join(modes)}", mode=s.network))
     pr = policy.port_range()
     for p in s.published_ports:
-        try:
-            host_port = int(p.split("->")[0].rsplit(":", 1)[1])
-        except (IndexError, ValueError):
+        host_port = P.host_port(p)
+        if host_port is None:
             continue
         if pr and not pr[0] <= host_port <= pr[1]:
             out.append(_f("SBX-P061", f"published port {p} is outside {pr[0]}-{pr[1]}", port=p))
     if policy.get("network.bind_all_interfaces") == "forbidden":
-        for lst in list(s.listeners_all_interfaces) + [p for p in s.published_ports if p.startswith("0.0.0.0:")]:
+        for lst in list(s.listeners_all_interfaces) + P.wildcard_ports(s):
             out.append(_f("SBX-P062", f"{lst} listens on all interfaces", listener=lst))
     return out
 

@@ -2,8 +2,11 @@
 
 Container facts are judged against this: a namespace is "shared with the host"
 when its inode equals pid 1's; a bind mount's host path is found by matching the
-mount's device and root against the host's own mount table; a runtime socket is
-recognised inside a container by device+inode, never by its name.
+mount's device and root against the host's own mount table; a propagation peer
+group is the host's only when a host mount is in it; a runtime socket is
+recognised inside a container by device+inode, never by its name, and a runtime
+API socket is found where the engine really listens (any path: the listening
+process's open sockets), not only at the standard paths.
 """
 from __future__ import annotations
 
@@ -37,6 +40,13 @@ RUNTIME_SOCKETS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Engines whose listening unix sockets are API sockets: process name -> runtime.
+RUNTIME_DAEMONS: dict[str, str] = {
+    "dockerd": "docker", "containerd": "containerd", "podman": "podman", "crio": "cri-o",
+    "buildkitd": "buildkit", "cri-dockerd": "cri-dockerd", "lxd": "lxd", "incusd": "incus",
+}
+
+
 @dataclass(frozen=True)
 class RuntimeSocket:
     runtime: str
@@ -57,6 +67,22 @@ class HostInfo:
     cgroup_mounts: dict[str, tuple[str, str]]
     cap_bnd: frozenset[str] = frozenset()  # what a privileged container can get: the host init's bounding set
     extra_sockets: list[str] = field(default_factory=list)
+
+    def peer_groups(self) -> set[int]:
+        """Propagation peer groups host mounts are in (shared:N) or receive from (master:N)."""
+        got = self.__dict__.get("_peers")
+        if got is None:
+            got = self.__dict__["_peers"] = {g for m in self.mounts for g in (m.peer_group, m.master)
+                                             if g is not None}
+        return got
+
+    def add_daemon_sockets(self, table: dict[int, tuple[int, str, int]]) -> None:
+        """Add the API sockets engines listen on, wherever they are (table: pid -> (ppid, comm, start))."""
+        seen = {(s.dev, s.ino) for s in self.sockets}
+        for s in find_daemon_sockets(table, self.mounts, self.ns):
+            if (s.dev, s.ino) not in seen:
+                seen.add((s.dev, s.ino))
+                self.sockets.append(s)
 
     def mount_keys(self) -> set[tuple[str, str, str]]:
         """(dev, root, mountpoint) of every host mount, to spot mounts a tree merely inherited."""
@@ -119,6 +145,45 @@ def find_runtime_sockets(mounts: list[facts.Mount], extra: list[str] = ()) -> li
             seen.add((st.st_dev, st.st_ino))
             dev, fs_path = _socket_fs_path(os.path.realpath(path), st, mounts)
             out.append(RuntimeSocket(runtime, path, st.st_dev, st.st_ino, dev, fs_path))
+    return out
+
+
+def _is_api_daemon(pid: int, comm: str) -> bool:
+    if comm != "podman":
+        return True
+    # The podman CLI is short-lived; only `podman system service` serves the API.
+    try:
+        argv = facts.read_cmdline(pid, 4096)
+    except (facts.ProcessGone, OSError):
+        return False
+    return "service" in argv
+
+
+def find_daemon_sockets(table: dict[int, tuple[int, str, int]], host_mounts: list[facts.Mount],
+                        host_ns: dict[str, int]) -> list[RuntimeSocket]:
+    """API sockets recognised by the process listening on them (dockerd, containerd, podman service...)."""
+    out: list[RuntimeSocket] = []
+    tables: dict[int, list[facts.UnixListener]] = {}
+    for pid, (_, comm, _) in table.items():
+        runtime = RUNTIME_DAEMONS.get(comm)
+        if runtime is None or not _is_api_daemon(pid, comm):
+            continue
+        try:
+            mine = facts.read_socket_inodes(pid)
+            netns = facts.read_ns(pid, ("net", "mnt"))
+            if netns.get("net", 0) not in tables:
+                tables[netns.get("net", 0)] = facts.read_unix_listeners(pid)
+            mounts = host_mounts if netns.get("mnt") == host_ns.get("mnt") else facts.read_mountinfo(pid)
+        except (facts.ProcessGone, OSError):
+            continue
+        for lst in tables[netns.get("net", 0)]:
+            if lst.inode not in mine or not lst.path.startswith("/"):
+                continue  # not this daemon's, or abstract (no file to bind into a container)
+            st = facts.stat_in_root(pid, lst.path)
+            if st is None or not stat.S_ISSOCK(st.st_mode):
+                continue
+            dev, fs_path = _socket_fs_path(lst.path, st, mounts)
+            out.append(RuntimeSocket(runtime, lst.path, st.st_dev, st.st_ino, dev, fs_path))
     return out
 
 

@@ -2,13 +2,18 @@
 
 Every string that came from a container (process names, paths, labels, ids) is
 escaped before it reaches a terminal: sandbox.errors.escape turns control
-characters into \\xNN so a hostile comm cannot drive the terminal. JSON and SARIF
+characters into \\xNN and bidi/zero-width characters into \\uNNNN, so a hostile
+comm can neither drive the terminal nor reorder or hide text. JSON and SARIF
 carry the escaped text too, so piping them to a terminal is equally safe.
+
+The table fits 80 columns: one summary line per container, details wrapped.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import textwrap
 from typing import TYPE_CHECKING
 
 from sandbox.errors import escape
@@ -26,7 +31,11 @@ COLOURS = {"critical": "\x1b[1;31m", "high": "\x1b[31m", "medium": "\x1b[33m", "
 RESET = "\x1b[0m"
 
 
-_CTRL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Anything sandbox.errors.escape rewrites: control characters, then the bidi/zero-width set.
+_CTRL = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                   "\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
+                   "\U0001d173-\U0001d17a\U000e0000-\U000e007f]")
+WIDTH = 80
 
 
 def _e(text: str) -> str:
@@ -58,17 +67,21 @@ def container_dict(r: "Result") -> dict:
         "command": r.command,
         "cgroup": c.cgroup_path,
         "labels": c.labels,
+        "helpers": {str(pid): h for pid, h in sorted(c.helpers.items())},
         "score": r.score,
         "pss": r.pss,
         "worst": r.worst,
         "error": r.error,
         "posture": None if s is None else {
-            "uid": s.uid, "host_uid": s.host_uid, "userns": s.userns, "root_maps_host_root": s.root_maps_host_root,
+            # uid/gid: inside the container's user namespace; host_uid/host_gid: the same ids as the host sees them.
+            "uid": s.uid, "host_uid": s.host_uid, "gid": s.gid, "host_gid": s.host_gid,
+            "userns": s.userns, "root_maps_host_root": s.root_maps_host_root,
             "cap_eff": sorted(s.cap_eff), "cap_bnd": sorted(s.cap_bnd), "cap_amb": sorted(s.cap_amb),
             "no_new_privs": s.no_new_privs, "seccomp": s.seccomp, "lsm_label": s.lsm_label,
             "host_namespaces": sorted(s.host_namespaces), "root_readonly": s.root_readonly,
             "memory_limit": s.memory_limit, "pids_limit": s.pids_limit, "cpu_limit": s.cpu_limit,
-            "network": s.network,
+            "network": s.network, "published_ports": list(s.published_ports),
+            "mounts_complete": s.mounts_complete,
         },
         "findings": [f.to_dict() for f in r.findings],
     })
@@ -84,7 +97,7 @@ def summary(results: list["Result"]) -> dict:
 
 def to_json(results: list["Result"], host_kernel: str = "") -> str:
     """Schema v1: {schema_version, tool, kernel, summary, containers:[{id,name,runtime,init_pid,pids,
-    processes,command,cgroup,labels,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
+    processes,command,cgroup,labels,helpers,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
     doc = {
         "schema_version": JSON_SCHEMA_VERSION,
         "tool": {"name": "sbx audit", "version": TOOL_VERSION},
@@ -118,13 +131,30 @@ def sarif_rules() -> list[dict]:
     return rules
 
 
+def _artifact(c) -> str:
+    """A stable, relative URI naming the container: code scanning needs a physical location."""
+    from urllib.parse import quote
+    return f"containers/{quote(c.runtime, safe='')}/{quote(c.display, safe='')}"
+
+
+def _fingerprint(c, f, seen: dict[str, int]) -> str:
+    """Unique per finding and stable across scans: container, check, and what the finding is about."""
+    base = f"{c.runtime}\0{c.id}\0{f.check_id}\0{f.message}"
+    h = hashlib.sha256(base.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    n = seen.get(h, 0)
+    seen[h] = n + 1
+    return f"{h}:{n}" if n else h
+
+
 def to_sarif(results: list["Result"]) -> str:
     rules = sarif_rules()
     index = {r["id"]: i for i, r in enumerate(rules)}
     out = []
+    seen: dict[str, int] = {}
     for r in results:
         c = r.container
         fq = escape(f"{c.runtime}/{c.display}")
+        uri = _artifact(c)
         for f in r.findings:
             if f.check_id not in index:
                 # A policy rule (conformance mode): one rule per policy check id seen.
@@ -139,9 +169,11 @@ def to_sarif(results: list["Result"]) -> str:
                 "ruleIndex": index[f.check_id],
                 "level": SARIF_LEVEL.get(f.severity, "warning"),
                 "message": {"text": escape(f"{c.display}: {f.message}")},
-                "locations": [{"logicalLocations": [{
-                    "name": escape(c.display), "fullyQualifiedName": fq, "kind": "object"}]}],
-                "partialFingerprints": {"sbxContainerCheck": escape(f"{c.runtime}/{c.id}/{f.check_id}")},
+                "locations": [{
+                    "physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": "SBXAUDIT"},
+                                         "region": {"startLine": 1}},
+                    "logicalLocations": [{"name": escape(c.display), "fullyQualifiedName": fq, "kind": "object"}]}],
+                "partialFingerprints": {"sbxFinding/v1": _fingerprint(c, f, seen)},
                 "properties": {"severity": f.severity, "container": _esc({"id": c.id, "name": c.name,
                                "runtime": c.runtime, "init_pid": c.init_pid}), "evidence": _esc(f.evidence)},
             })
@@ -150,39 +182,67 @@ def to_sarif(results: list["Result"]) -> str:
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "sbx-audit", "version": TOOL_VERSION, "informationUri":
-                                "https://github.com/sbx/sbx", "rules": rules}},
+                                "https://github.com/sbx/sbx", "rules": rules,
+                                "properties": {"cisDockerBenchmarkVersion": _checks.CIS_DOCKER_VERSION}}},
+            "originalUriBaseIds": {"SBXAUDIT": {"description": {
+                "text": "Containers audited on this host: containers/RUNTIME/NAME"}}},
             "results": out,
         }],
     }
     return json.dumps(doc)
 
 
-def to_table(results: list["Result"], colour: bool = False) -> str:
-    """Grouped by container, worst first."""
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(0, width - 3)] + "..."
+
+
+def _counts(findings) -> str:
+    by: dict[str, int] = {}
+    for f in findings:
+        by[f.severity] = by.get(f.severity, 0) + 1
+    return " ".join(f"{by[k]}{k[0].upper()}" for k in reversed(_checks.SEVERITIES) if by.get(k)) or "clean"
+
+
+def to_table(results: list["Result"], colour: bool = False, width: int = WIDTH) -> str:
+    """Grouped by container, worst first; every line fits `width` columns (colour codes aside).
+
+    One summary line per container (runtime, name, judged pid, score, PSS level, finding
+    counts as 2C 1H 3M ...), then its command, processes and findings, wrapped.
+    """
     if not results:
         return "no containers found\n"
+    width = max(60, width)
     lines = []
     for r in results:
         c = r.container
-        procs = ",".join(sorted(set(c.comms.values()))[:4])
-        head = (f"{escape(c.runtime)} {escape(c.display)}  pid {c.init_pid}  score {r.score}/100  "
-                f"pss {r.pss}  [{escape(procs)}]")
-        lines.append(head)
+        tail = f"  pid {c.init_pid}  score {r.score}/100  pss {r.pss}  {_counts(r.findings)}"
+        head = f"{escape(c.runtime)} "
+        lines.append(head + _fit(escape(c.display), width - len(head) - len(tail)) + tail)
         if r.command:
-            cmd = " ".join(r.command)
-            lines.append(f"  $ {escape(cmd[:240])}{'...' if len(cmd) > 240 else ''}")
+            cmd = escape(" ".join(r.command))
+            got = textwrap.wrap(cmd, width, initial_indent="  $ ", subsequent_indent="    ", max_lines=4,
+                                placeholder=" ...", drop_whitespace=True) or ["  $"]
+            lines.extend(got)
+        procs = ", ".join(escape(x) for x in sorted(set(c.comms.values()))[:8])
+        if procs:
+            lines.extend(textwrap.wrap(f"processes: {procs}", width, initial_indent="  ", subsequent_indent="    ",
+                                       max_lines=2, placeholder=" ..."))
         if r.error:
-            lines.append(f"  ! {escape(r.error)}")
+            lines.extend(textwrap.wrap(f"! {escape(r.error)}", width, initial_indent="  ", subsequent_indent="    "))
         if not r.findings:
             lines.append("  (no findings)")
         for f in r.findings:
             sev = f.severity.upper().ljust(8)
-            if colour:
-                sev = COLOURS[f.severity] + sev + RESET
-            lines.append(f"  {sev} {f.check_id}  {escape(f.title)}: {escape(f.message)}")
+            prefix = f"  {sev} {f.check_id}  "
+            body = textwrap.wrap(f"{escape(f.title)}: {escape(f.message)}", width, initial_indent=prefix,
+                                 subsequent_indent=" " * len(prefix), max_lines=8, placeholder=" ...")
+            if colour and body:
+                body[0] = body[0].replace(sev, COLOURS[f.severity] + sev + RESET, 1)
+            lines.extend(body)
         lines.append("")
     s = summary(results)["findings"]
-    lines.append(f"{len(results)} container(s); " + ", ".join(f"{n} {k}" for k, n in s.items() if n))
+    lines.extend(textwrap.wrap(f"{len(results)} container(s); " + ", ".join(f"{n} {k}" for k, n in s.items() if n),
+                               width))
     return "\n".join(lines) + "\n"
 
 

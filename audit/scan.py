@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from sandbox import facts
 
 from . import checks as _checks
-from .discover import Container, discover, select
+from .discover import Container, discover, runtime_states, scan_processes, select
 from .hostinfo import HostInfo, read_host
 from .subject import Subject, _Cache, subject_from_facts
 
@@ -37,15 +37,17 @@ def audit_container(c: Container, host: HostInfo, cache: _Cache | None = None) -
     """Full facts for the container's init only. None when it vanished mid-scan."""
     try:
         pid = c.init_pid
-        status = facts.read_status(pid)
+        status = c.init_status or facts.read_status(pid)
         ns = dict(c.init_ns) if c.init_ns else facts.read_ns(pid)
+        mounts, complete = facts.read_mountinfo_ex(pid)
         pf = facts.ProcFacts(pid=pid, status=status, uid_map=facts.read_idmap(pid, "uid"),
-                             gid_map=facts.read_idmap(pid, "gid"), ns=ns, mounts=facts.read_mountinfo(pid),
+                             gid_map=facts.read_idmap(pid, "gid"), ns=ns, mounts=mounts,
                              cgroups=c.init_cgroups or facts.read_cgroup(pid), lsm_label=facts.read_lsm_label(pid),
                              host_ns=host.ns)
         argv = facts.read_cmdline(pid, 4096)
         subj = subject_from_facts(pf, host, comms=list(c.comms.values()), name=c.display, runtime=c.runtime,
-                                  group_pids=c.pids, cache=cache)
+                                  group_pids=c.pids, cache=cache, mounts_complete=complete,
+                                  forwarders=c.forwarders, declared_ports=c.declared_ports)
     except facts.ProcessGone:
         return None
     except OSError as e:
@@ -63,7 +65,10 @@ def audit(ref: str | None = None, pid: int | None = None, runtime: str | None = 
     gc.disable()
     try:
         host = host or read_host()
-        found = select(discover(host.ns), ref=ref, pid=pid, runtime=runtime)
+        scan = scan_processes(host.ns, runtime_states())
+        # API sockets are recognised by the process listening on them, at any path.
+        host.add_daemon_sockets(scan.table)
+        found = select(discover(host.ns, scan), ref=ref, pid=pid, runtime=runtime)
         cache = _Cache()
         results = [r for r in (audit_container(c, host, cache) for c in found) if r is not None]
     finally:

@@ -23,16 +23,56 @@ UNLIMITED = 1 << 62  # v1 prints 9223372036854771712 for "no memory limit"
 
 
 @dataclass(frozen=True)
+class Obj:
+    """Owner and mode of a file as the host sees it, stat'ed inside the container's root.
+
+    Whether a process can really use it (open a socket, write release_agent or a
+    sysctl, open a device) is decided from these and the process's host
+    credentials (audit.predicates.can_access), because that is what the kernel does.
+    """
+
+    path: str
+    uid: int
+    gid: int
+    mode: int  # permission bits (S_IMODE)
+
+
+def obj_of(path: str, st: os.stat_result | None) -> Obj | None:
+    import stat as _stat
+    return None if st is None else Obj(path, st.st_uid, st.st_gid, _stat.S_IMODE(st.st_mode))
+
+
+@dataclass(frozen=True)
+class SocketView:
+    """A host runtime API socket visible through a mount."""
+
+    runtime: str
+    path: str  # where inside the container
+    obj: Obj | None = None  # owner/mode (connect(2) needs write permission on it)
+
+
+@dataclass(frozen=True)
 class MountView:
     source: str  # host path for a bind mount, else the fs source ("overlay", "proc", ...)
     target: str
     readonly: bool
     fstype: str
-    shared: bool
+    shared: bool  # shared propagation WITH THE HOST (a host mount is in the same peer group)
     bind: bool  # a host path made visible (source is that path)
     runtime_socket: str | None = None  # runtime name when a host runtime socket is reachable here
     socket_path: str | None = None  # where inside the container that socket is
     inherited: bool = False  # the very same mount the host has at the same place (a tree on the host's root)
+    socket_obj: Obj | None = None  # owner/mode of that socket (connect(2) needs write permission on it)
+    mask: bool = False  # read-only bind of an empty file/directory: hides a path, exposes nothing
+    same_place: bool = False  # a host path shown at its own path in a tree on the host's root
+    nodev: bool = False
+    sockets: tuple[SocketView, ...] = ()  # every runtime socket reachable through this mount (first: runtime_socket)
+
+    def all_sockets(self) -> tuple[SocketView, ...]:
+        if self.sockets:
+            return self.sockets
+        return (SocketView(self.runtime_socket, self.socket_path or self.target, self.socket_obj),) \
+            if self.runtime_socket else ()
 
 
 @dataclass(frozen=True)
@@ -41,20 +81,45 @@ class Device:
     kind: str
     major: int
     minor: int
+    uid: int | None = None  # None: unknown (admission), judged reachable
+    gid: int | None = None
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
+class CgroupMount:
+    target: str
+    version: int  # 1 or 2
+    readonly: bool
+    dir: Obj | None = None  # the mounted cgroup directory (write = manage that cgroup)
+    release_agent: Obj | None = None  # v1 hierarchy root only
 
 
 @dataclass
 class Subject:
-    """Everything the checks judge. None means "unknown" (not read / not applicable)."""
+    """Everything the checks judge. None means "unknown" (not read / not applicable).
+
+    Identity has two views: `uid`/`gid` are the ids INSIDE the process's user
+    namespace (what `id` prints in the container; what policies' uid ranges mean),
+    `host_uid`/`host_gid`/`host_groups` are the same credentials as the host sees
+    them (what the kernel checks host objects against). `root_maps_host_root` is
+    true when ANY id of the namespace maps to host uid 0: whoever can become that
+    id is host root.
+    """
 
     name: str = ""
     runtime: str = ""
     # identity
-    uid: int | None = None  # effective uid inside
+    uid: int | None = None  # effective uid inside the container's user namespace
     gid: int | None = None
-    host_uid: int | None = None  # that uid as the host sees it
+    host_uid: int | None = None  # effective uid as the host sees it
+    host_gid: int | None = None
+    host_fsuid: int | None = None  # what file permission checks use (normally == host_uid)
+    host_groups: frozenset[int] = frozenset()  # fsgid, egid and supplementary groups, host ids
+    uid_map: tuple[tuple[int, int, int], ...] = ()  # (inside, host, count)
+    gid_map: tuple[tuple[int, int, int], ...] = ()
     userns: bool = False  # own user namespace
-    root_maps_host_root: bool = False  # uid 0 inside is host uid 0
+    root_maps_host_root: bool = False  # some id inside maps to host uid 0
     # capabilities (names without CAP_)
     cap_eff: frozenset[str] = frozenset()
     cap_prm: frozenset[str] = frozenset()
@@ -66,16 +131,21 @@ class Subject:
     lsm_label: str | None = None
     mac_enabled: bool | None = None  # does the host run a labelling LSM at all
     host_namespaces: frozenset[str] = frozenset()  # kinds shared with the host
-    mounts: tuple[MountView, ...] = ()
+    mounts: tuple[MountView, ...] = ()  # the visible ones (covered mounts are left out)
+    mounts_complete: bool = True  # False: the mount table was larger than sbx reads
     proc_mounted: bool = True
     proc_masks_missing: tuple[str, ...] = ()
-    proc_sys_writable: bool | None = None
+    proc_sys_writable: bool | None = None  # /proc/sys mounted read-write (procfs)
+    proc_sys_obj: Obj | None = None  # a global sysctl (kernel/core_pattern) inside, when mounted rw
     sysfs_writable: bool | None = None
+    sysfs_obj: Obj | None = None  # a sysfs knob inside, when mounted rw
     root_readonly: bool | None = None
     root_is_host_root: bool = False
     cgroupfs_writable: tuple[str, ...] = ()  # mountpoints of cgroup fs mounted rw inside
     cgroup_v1_release_agent: bool = False  # a rw v1 hierarchy (release_agent escape)
+    cgroup_mounts: tuple[CgroupMount, ...] = ()
     devices: tuple[Device, ...] | None = ()
+    dev_mounts: tuple[tuple[str, bool], ...] = ()  # (mountpoint, nodev) of mounts at or under /dev, deepest first
     devices_cgroup_all: bool | None = None  # v1 devices.list "a *:* rwm"
     memory_limit: int | None = None  # bytes; None unlimited
     pids_limit: int | None = None
@@ -83,7 +153,7 @@ class Subject:
     processes: tuple[str, ...] = ()
     listeners_all_interfaces: tuple[str, ...] = ()  # "tcp/0.0.0.0:22"
     network: str | None = None  # "host", "private", "none", "loopback", "bridge"
-    published_ports: tuple[str, ...] = ()  # "0.0.0.0:8080->80/tcp"
+    published_ports: tuple[str, ...] = ()  # "0.0.0.0:8080->80/tcp" ("0.0.0.0:8080/tcp": container port unknown)
     kernel: str = ""
     evidence: dict = field(default_factory=dict)
 
@@ -114,7 +184,8 @@ class _Cache:
     def __init__(self) -> None:
         self.cg: dict[str, str | None] = {}
         self.listeners: dict[int, list[facts.Listener]] = {}
-        self.proc_exists: dict[str, bool] = {}
+        self.kernel_files: dict[tuple[str, str], bool] = {}  # (fstype, fs-relative path) -> exists
+        self.objs: dict[tuple[str, str], Obj | None] = {}  # (device, fs-relative path) -> owner/mode
         self.devices: dict = {}
         self.device_views: dict = {}
 
@@ -220,16 +291,97 @@ def _limits(host, cache: _Cache, cgroups) -> tuple[int | None, int | None, float
     return mem, pids, cpu, devall
 
 
-def _mount_views(pfacts: facts.ProcFacts, host, pid: int) -> list[MountView]:
+class _View:
+    """The container's own mount view: visible mounts, and which one a path lies on."""
+
+    def __init__(self, mounts: list[facts.Mount]):
+        self.mounts = mounts
+        self.at: dict[str, facts.Mount] = {}
+        for m in mounts:
+            self.at[m.mountpoint] = m  # visible mounts: at most one per path (the later one wins)
+
+    def containing(self, path: str) -> facts.Mount | None:
+        p = path
+        while True:
+            m = self.at.get(p)
+            if m is not None:
+                return m
+            if p == "/":
+                return None
+            p = p.rsplit("/", 1)[0] or "/"
+
+
+def _fs_relative(m: facts.Mount, path: str) -> str:
+    rest = path[len(m.mountpoint.rstrip("/")):] if m.mountpoint != "/" else path
+    return (m.root.rstrip("/") + rest) or "/"
+
+
+# Kernel files whose write is a host-wide knob: one per filesystem, the first that exists is judged.
+SYSCTL_KNOB = "/proc/sys/kernel/core_pattern"
+SYSFS_KNOBS = ("/sys/kernel/uevent_helper", "/sys/kernel/profiling", "/sys/power/state", "/sys/kernel/mm")
+_KERNEL_FS = {"/proc": "proc", "/sys": "sysfs"}
+
+
+def _masks_missing(view: _View, pid: int, cache: _Cache) -> list[str]:
+    """Which of PROC_MASKS the process can really open: judged in ITS mount view, never the host's.
+
+    A path is masked when a mount covers it (podman's /dev/null and tmpfs, firejail's
+    empty files), or when what holds it is not the kernel's procfs/sysfs (a tmpfs, no
+    /sys at all). Otherwise it is missing when the kernel's filesystem has it; that
+    answer depends only on the filesystem type and the path inside it, so it is
+    looked up once per scan -- inside this container's root.
+    """
+    out = []
+    for p in PROC_MASKS:
+        if p in view.at:
+            continue
+        top = "/" + p.split("/")[1]
+        m = view.containing(p)
+        if m is None or m.fstype != _KERNEL_FS.get(top):
+            continue
+        key = (m.fstype, _fs_relative(m, p))
+        if key not in cache.kernel_files:
+            cache.kernel_files[key] = facts.stat_in_root(pid, p) is not None
+        if cache.kernel_files[key]:
+            out.append(p)
+    return out
+
+
+def _empty_object(pid: int, path: str) -> bool:
+    """An empty regular file or an empty directory at `path` inside pid's root (a mask).
+
+    Opened with O_DIRECTORY or O_PATH only: a device node is never opened for real.
+    """
+    import stat as _stat
+    try:
+        fd = facts.open_in_root(pid, path, os.O_RDONLY | os.O_DIRECTORY)
+    except NotADirectoryError:
+        st = facts.stat_in_root(pid, path)
+        return st is not None and _stat.S_ISREG(st.st_mode) and st.st_size == 0
+    except OSError:
+        return False
+    try:
+        with os.scandir(fd) as it:
+            return next(iter(it), None) is None
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+_SYNTHETIC_FS = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "overlay", "devtmpfs")
+
+
+def _mount_views(view: _View, host, pid: int, root_is_host: bool) -> list[MountView]:
     out = []
     host_keys = host.mount_keys()
+    peers = host.peer_groups()
     sock_by_dev: dict[str, list] = {}
     for s in host.sockets:
         sock_by_dev.setdefault(s.mount_dev, []).append(s)
-    for m in pfacts.mounts:
-        hp = host.host_path(m) if m.fstype not in ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup",
-                                                    "cgroup2", "overlay", "devtmpfs") else None
-        sock = sock_at = None
+    for m in view.mounts:
+        hp = host.host_path(m) if m.fstype not in _SYNTHETIC_FS else None
+        socks: list[SocketView] = []
         for s in sock_by_dev.get(m.dev, ()):
             r = m.root.rstrip("/")
             if s.fs_path == m.root or s.fs_path.startswith(r + "/"):
@@ -237,57 +389,145 @@ def _mount_views(pfacts: facts.ProcFacts, host, pid: int) -> list[MountView]:
                 st = facts.stat_in_root(pid, inside)
                 # Same device+inode inside the container as the host's listening socket.
                 if st is not None and st.st_ino == s.ino and st.st_dev == s.dev:
-                    sock, sock_at = s.runtime, inside
-                    break
+                    socks.append(SocketView(s.runtime, inside, obj_of(inside, st)))
+        first = socks[0] if socks else None
+        sock, sock_at, sock_obj = (first.runtime, first.path, first.obj) if first else (None, None, None)
         inherited = (m.dev, m.root, m.mountpoint) in host_keys
+        bind = hp is not None and not inherited
+        mask = bind and m.readonly and sock is None and _empty_object(pid, m.mountpoint)
+        group = m.peer_group
         out.append(MountView(
             source=hp if hp is not None else (m.source or m.fstype),
-            target=m.mountpoint, readonly=m.readonly, fstype=m.fstype, shared=m.shared,
-            bind=hp is not None and not inherited, runtime_socket=sock, socket_path=sock_at,
-            inherited=inherited,
+            target=m.mountpoint, readonly=m.readonly, fstype=m.fstype,
+            shared=group is not None and group in peers,
+            bind=bind, runtime_socket=sock, socket_path=sock_at,
+            inherited=inherited, socket_obj=sock_obj, mask=mask,
+            same_place=bind and root_is_host and hp == m.mountpoint, nodev=m.nodev, sockets=tuple(socks),
         ))
     return out
 
 
+def _obj(view: _View, pid: int, path: str, cache: _Cache) -> Obj | None:
+    """Owner/mode of `path` in pid's view. Looked up inside its root, once per (filesystem, path in it):
+    many trees inherit the host's /sys and cgroup mounts, where the same path is the same file."""
+    m = view.containing(path)
+    key = (m.dev, _fs_relative(m, path)) if m is not None else None
+    if key is not None and key in cache.objs:
+        o = cache.objs[key]
+        return None if o is None else Obj(path, o.uid, o.gid, o.mode)
+    o = obj_of(path, facts.stat_in_root(pid, path))
+    if key is not None:
+        cache.objs[key] = o
+    return o
+
+
+def _first_obj(view: _View, pid: int, paths, cache: _Cache) -> Obj | None:
+    for p in paths:
+        o = _obj(view, pid, p, cache)
+        if o is not None:
+            return o
+    return None
+
+
+def _proto(p: str) -> str:
+    return "udp" if p.startswith("udp") else "tcp"
+
+
+def _published(forwarders: list[int], declared: list[dict], cache: _Cache) -> tuple[str, ...]:
+    """Ports a forwarder process (conmon, sbx's proxy, rootlessport) listens on for the container.
+
+    The listening sockets are the truth (what is reachable); the runtime's declared
+    mapping only adds the container-side port where it names the same host address.
+    """
+    out: set[str] = set()
+    want = {}
+    for d in declared:
+        try:
+            want[(str(d.get("host_ip") or "0.0.0.0"), int(d["host_port"]), str(d.get("proto") or "tcp"))] = \
+                int(d["container_port"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    for f in forwarders[:8]:
+        try:
+            ns = facts.read_ns(f, ("net",)).get("net", 0)
+            if ns not in cache.listeners:
+                cache.listeners[ns] = facts.read_listeners(f)
+            mine = facts.read_socket_inodes(f)
+        except (facts.ProcessGone, OSError):
+            continue
+        for x in cache.listeners[ns]:
+            if x.inode not in mine:
+                continue
+            proto = _proto(x.proto)
+            addr = f"[{x.address}]" if ":" in x.address else x.address
+            cport = want.get((x.address, x.port, proto))
+            if cport is None and x.address == "::":
+                cport = want.get(("0.0.0.0", x.port, proto))
+            out.add(f"{addr}:{x.port}->{cport}/{proto}" if cport is not None else f"{addr}:{x.port}/{proto}")
+    return tuple(sorted(out))
+
+
+def _ids(entries: list[facts.IdMapEntry]) -> tuple[tuple[int, int, int], ...]:
+    return tuple((e.inside, e.outside, e.count) for e in entries)
+
+
 def subject_from_facts(pfacts: facts.ProcFacts, host, comms: list[str] | None = None,
                        name: str = "", runtime: str = "", group_pids: list[int] | None = None,
-                       cache: _Cache | None = None) -> Subject:
-    """What the kernel says about a live container, judged against `host` (audit.hostinfo.HostInfo)."""
+                       cache: _Cache | None = None, mounts_complete: bool = True,
+                       forwarders: list[int] | None = None, declared_ports: list[dict] | None = None) -> Subject:
+    """What the kernel says about a live container, judged against `host` (audit.hostinfo.HostInfo).
+
+    Every path is looked at in the process's own mount view (its mountinfo, its
+    /proc/PID/root), never at the host's paths.
+    """
     cache = cache or _Cache()
     st = pfacts.status
     pid = pfacts.pid
     shared = frozenset(k for k in ("pid", "net", "ipc", "uts", "user", "cgroup", "mnt")
                        if k in pfacts.ns and pfacts.ns.get(k) == host.ns.get(k))
     userns = "user" not in shared
-    euid = st.uid[1]
-    host_uid = facts.outside_id(pfacts.uid_map, euid) if pfacts.uid_map else None
-    root_host = facts.outside_id(pfacts.uid_map, 0) == 0 if pfacts.uid_map else False
+    # /proc/PID/status shows the ids as the host sees them; the container's own are found
+    # through its id maps (read from the host, they map inside -> host ids).
+    host_uid, host_gid = st.uid[1], st.gid[1]
+    if userns:
+        uid = facts.inside_id(pfacts.uid_map, host_uid) if pfacts.uid_map else None
+        gid = facts.inside_id(pfacts.gid_map, host_gid) if pfacts.gid_map else None
+    else:
+        uid, gid = host_uid, host_gid
+    root_host = facts.maps_host_root(pfacts.uid_map) if pfacts.uid_map else not userns
+    view = _View(facts.visible_mounts(pfacts.mounts))
+    root_m = view.at.get("/")
     host_keys = host.mount_keys()
-    mounts = _mount_views(pfacts, host, pid)
-    by_target = {}
-    for m in mounts:
-        by_target[m.target] = m  # last mounted wins, as in the kernel
+    root_is_host = root_m is not None and (root_m.dev, root_m.root, "/") in host_keys
+    mounts = _mount_views(view, host, pid, root_is_host)
+    by_target = {m.target: m for m in mounts}
     proc = by_target.get("/proc")
     proc_mounted = proc is not None and proc.fstype == "proc"
-    missing: list[str] = []
-    if proc_mounted:
-        for p in PROC_MASKS:
-            if p not in by_target:
-                if p not in cache.proc_exists:
-                    cache.proc_exists[p] = os.path.exists(p)
-                if cache.proc_exists[p]:
-                    missing.append(p)
-    ps = by_target.get("/proc/sys")
+    missing = _masks_missing(view, pid, cache) if proc_mounted else []
     proc_sys_rw = None
+    proc_sys_obj = None
     if proc_mounted:
-        proc_sys_rw = not (ps.readonly if ps is not None else proc.readonly)
-    sysm = by_target.get("/sys")
+        ps = view.containing("/proc/sys")
+        proc_sys_rw = ps is not None and ps.fstype == "proc" and not ps.readonly
+        if proc_sys_rw:
+            proc_sys_obj = _first_obj(view, pid, (SYSCTL_KNOB,), cache)
+    sysm = view.at.get("/sys")
     sys_rw = None if sysm is None else (sysm.fstype == "sysfs" and not sysm.readonly)
+    sysfs_obj = _first_obj(view, pid, SYSFS_KNOBS, cache) if sys_rw else None
     root = by_target.get("/")
-    root_m = pfacts.mount_at("/")
-    root_is_host = root_m is not None and (root_m.dev, root_m.root, "/") in host_keys
-    cg_rw = tuple(m.target for m in mounts if m.fstype in ("cgroup", "cgroup2") and not m.readonly)
-    v1_rw = any(m.fstype == "cgroup" and not m.readonly for m in mounts)
+    cgm = []
+    for m in view.mounts:
+        if m.fstype not in ("cgroup", "cgroup2"):
+            continue
+        v1 = m.fstype == "cgroup"
+        d = ra = None
+        if not m.readonly:
+            d = _obj(view, pid, m.mountpoint, cache)
+            if v1:
+                ra = _obj(view, pid, m.mountpoint.rstrip("/") + "/release_agent", cache)
+        cgm.append(CgroupMount(m.mountpoint, 1 if v1 else 2, m.readonly, d, ra))
+    cg_rw = tuple(c.target for c in cgm if not c.readonly)
+    v1_rw = any(c.version == 1 and not c.readonly for c in cgm)
     mem, pids, cpu, devall = _limits(host, cache, pfacts.cgroups)
     devs = facts.list_devices(pid, cache=cache.devices)
     if devs is None:
@@ -296,8 +536,11 @@ def subject_from_facts(pfacts: facts.ProcFacts, host, comms: list[str] | None = 
         # Containers on the same /dev share one listing object: convert (and judge) it once.
         devices = cache.device_views.get(id(devs))
         if devices is None:
-            devices = tuple(Device(d.path, d.kind, d.major, d.minor) for d in devs)
+            devices = tuple(Device(d.path, d.kind, d.major, d.minor, d.uid, d.gid, d.mode) for d in devs)
             cache.device_views[id(devs)] = devices
+    dev_mounts = tuple(sorted(((m.mountpoint, m.nodev) for m in view.mounts
+                               if m.mountpoint == "/dev" or m.mountpoint.startswith("/dev/") or m.mountpoint == "/"),
+                              key=lambda x: -len(x[0])))
     # Listening sockets matter where they are exposed: in the host's network namespace (read
     # once per scan, cached), narrowed to the sockets this container's processes hold. A private
     # netns is reachable only through published ports; its tables are not read, because
@@ -318,22 +561,28 @@ def subject_from_facts(pfacts: facts.ProcFacts, host, comms: list[str] | None = 
                 continue
         lst = [x for x in cache.listeners[net_ino] if x.inode in mine]
     listeners = tuple(sorted({f"{x.proto}/{x.address}:{x.port}" for x in lst if x.all_interfaces}))
+    published = _published(forwarders or [], declared_ports or [], cache) if forwarders else ()
     return Subject(
         name=name, runtime=runtime,
-        uid=euid, gid=st.gid[1], host_uid=host_uid, userns=userns, root_maps_host_root=root_host,
+        uid=uid, gid=gid, host_uid=host_uid, host_gid=host_gid, host_fsuid=st.uid[3],
+        host_groups=frozenset(st.groups) | {st.gid[1], st.gid[3]},
+        uid_map=_ids(pfacts.uid_map), gid_map=_ids(pfacts.gid_map),
+        userns=userns, root_maps_host_root=root_host,
         cap_eff=_names(st.cap_eff), cap_prm=_names(st.cap_prm), cap_bnd=_names(st.cap_bnd),
         cap_amb=_names(st.cap_amb), cap_all=host.cap_bnd or all_caps(),
         no_new_privs=None if st.no_new_privs is None else bool(st.no_new_privs),
         seccomp=st.seccomp, lsm_label=pfacts.lsm_label, mac_enabled=host.mac_enabled,
-        host_namespaces=shared, mounts=tuple(mounts), proc_mounted=proc_mounted,
-        proc_masks_missing=tuple(missing), proc_sys_writable=proc_sys_rw, sysfs_writable=sys_rw,
+        host_namespaces=shared, mounts=tuple(mounts), mounts_complete=mounts_complete, proc_mounted=proc_mounted,
+        proc_masks_missing=tuple(missing), proc_sys_writable=proc_sys_rw, proc_sys_obj=proc_sys_obj,
+        sysfs_writable=sys_rw, sysfs_obj=sysfs_obj,
         root_readonly=None if root is None else root.readonly, root_is_host_root=root_is_host,
-        cgroupfs_writable=cg_rw, cgroup_v1_release_agent=v1_rw,
-        devices=devices, devices_cgroup_all=devall,
+        cgroupfs_writable=cg_rw, cgroup_v1_release_agent=v1_rw, cgroup_mounts=tuple(cgm),
+        devices=devices, dev_mounts=dev_mounts, devices_cgroup_all=devall,
         memory_limit=mem, pids_limit=pids, cpu_limit=cpu,
         processes=tuple(sorted(set(comms or []))),
         listeners_all_interfaces=listeners,
         network="host" if "net" in shared else "private",
+        published_ports=published,
         kernel=host.kernel,
         evidence={"pid": pid, "nspid": list(st.nspid), "uid_map": [(e.inside, e.outside, e.count) for e in pfacts.uid_map]},
     )

@@ -14,7 +14,11 @@ from .records import field, record
 
 PROC = "/proc"
 MAX_SMALL = 64 * 1024  # status, maps, attr files
-MAX_LARGE = 4 * 1024 * 1024  # mountinfo of a busy host
+MAX_LARGE = 4 * 1024 * 1024  # net tables of a busy host
+# A mount table is read to its end: a container can pad it (long escaped paths, thousands of
+# mounts) so that a host bind listed late would fall past any smaller cap. Past this bound the
+# view is reported incomplete (read_mountinfo_ex), never silently cut.
+MAX_MOUNTINFO = 16 * 1024 * 1024
 
 NS_KINDS = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup", "time")
 
@@ -82,6 +86,14 @@ def _read_bytes(path: str, limit: int) -> bytes:
         raise
     finally:
         os.close(fd)
+
+
+def _read_to_end(path: str, limit: int) -> tuple[bytes, bool]:
+    """(at most `limit` bytes, whether that was the whole file); never follows a final symlink."""
+    data = _read_bytes(path, limit + 1)
+    if len(data) <= limit:
+        return data, True
+    return data[:limit], False
 
 
 def read_text(pid: int | str, name: str, limit: int = MAX_SMALL) -> str:
@@ -191,6 +203,14 @@ def maps_host_root(entries: list[IdMapEntry]) -> bool:
     return any(e.outside == 0 and e.count > 0 for e in entries)
 
 
+def inside_id(entries: list[IdMapEntry], outside: int) -> int | None:
+    """The id inside the namespace that `outside` (as the reader sees it) is, or None if unmapped."""
+    for e in entries:
+        if e.outside <= outside < e.outside + e.count:
+            return e.inside + (outside - e.outside)
+    return None
+
+
 def outside_id(entries: list[IdMapEntry], inside: int) -> int | None:
     for e in entries:
         if e.inside <= inside < e.inside + e.count:
@@ -240,6 +260,30 @@ class Mount:
     def shared(self) -> bool:
         return any(o.startswith("shared:") for o in self.optional)
 
+    @property
+    def peer_group(self) -> int | None:
+        """The shared peer group id (shared:N), or None for a private/slave-only mount."""
+        return _optional_id(self.optional, "shared:")
+
+    @property
+    def master(self) -> int | None:
+        """The peer group this mount receives propagation from (master:N), or None."""
+        return _optional_id(self.optional, "master:")
+
+    @property
+    def nodev(self) -> bool:
+        return "nodev" in self.options
+
+
+def _optional_id(optional: tuple[str, ...], prefix: str) -> int | None:
+    for o in optional:
+        if o.startswith(prefix):
+            try:
+                return int(o[len(prefix):])
+            except ValueError:
+                return None
+    return None
+
 
 def _unescape_mount(s: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo octal.
@@ -283,8 +327,79 @@ def parse_mountinfo(text: str) -> list[Mount]:
     return mounts
 
 
+def read_mountinfo_ex(pid: int | str, limit: int = MAX_MOUNTINFO) -> tuple[list[Mount], bool]:
+    """(mounts, complete): the whole table, or the first `limit` bytes and False.
+
+    A cut table drops its partial last line; callers that judge mounts must treat
+    an incomplete view as unknown (a later mount may be the one that matters).
+    """
+    raw, complete = _read_to_end(f"{PROC}/{pid}/mountinfo", limit)
+    if not complete:
+        raw = raw[:raw.rfind(b"\n") + 1]
+    return parse_mountinfo(raw.decode("utf-8", "replace")), complete
+
+
 def read_mountinfo(pid: int | str) -> list[Mount]:
-    return parse_mountinfo(read_text(pid, "mountinfo", MAX_LARGE))
+    return read_mountinfo_ex(pid)[0]
+
+
+def _path_parents(path: str):
+    """'/a/b/c' -> '/a/b/c', '/a/b', '/a', '/'."""
+    p = path
+    while True:
+        yield p
+        if p == "/":
+            return
+        p = p.rsplit("/", 1)[0] or "/"
+
+
+def visible_mounts(mounts: list[Mount]) -> list[Mount]:
+    """The mounts a process can actually see: those not covered by a later mount.
+
+    A mount is hidden when a sibling (same parent) sits at its mountpoint or at a
+    path above it (that sibling came later: had it come first, the mount would be
+    its child), or when any mount on its chain to the root is hidden that way.
+    An over-mount at the same path is a child of the mount it covers: it hides
+    that mount and, as a sibling at an ancestor path, all its other children.
+    Table order is kept.
+    """
+    by_id = {m.mount_id: m for m in mounts}
+    kids: dict[int, dict[str, list[Mount]]] = {}
+    for m in mounts:
+        kids.setdefault(m.parent_id, {}).setdefault(m.mountpoint, []).append(m)
+
+    def covered(m: Mount) -> bool:
+        parent = by_id.get(m.parent_id)
+        sib = kids.get(m.parent_id, {})
+        for p in _path_parents(m.mountpoint):
+            for other in sib.get(p, ()):
+                if other is not m and (p != m.mountpoint or other.mount_id > m.mount_id):
+                    return True
+            if parent is not None and p == parent.mountpoint:
+                break  # nothing above the parent's own mountpoint can be its child
+        return False
+
+    chain: dict[int, bool] = {}
+
+    def chain_ok(m: Mount) -> bool:
+        # Iterative: a container controls how deep its mount tree is.
+        path: list[Mount] = []
+        cur: Mount | None = m
+        seen: set[int] = set()
+        while cur is not None and cur.mount_id not in chain and cur.mount_id not in seen:
+            seen.add(cur.mount_id)
+            path.append(cur)
+            cur = by_id.get(cur.parent_id)
+        ok = True if cur is None or cur.mount_id in seen else chain[cur.mount_id]
+        for x in reversed(path):
+            ok = ok and not covered(x)
+            chain[x.mount_id] = ok
+        return chain[m.mount_id]
+
+    def overmounted(m: Mount) -> bool:
+        return any(c is not m for c in kids.get(m.mount_id, {}).get(m.mountpoint, ()))
+
+    return [m for m in mounts if chain_ok(m) and not overmounted(m)]
 
 
 @record(frozen=True)
@@ -553,32 +668,13 @@ def read_socket_inodes(pid: int | str, limit: int = 4096) -> set[int]:
     return out
 
 
-# openat2(2) is syscall 437 on every architecture that has it.
-SYS_OPENAT2 = 437
-RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
-_libc = None
 
 
 def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
-    import ctypes
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-
-    class OpenHow(ctypes.Structure):
-        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-    how = OpenHow(flags, 0, resolve)
-    fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
-                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    if fd < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), path)
-    return fd
+    from . import syscalls  # the one ctypes boundary; lazy: most readers never open inside a root
+    return syscalls.openat2(dirfd, path, flags, 0, resolve)
 
 
 def open_in_root(pid: int | str, path: str, flags: int = os.O_PATH) -> int:
@@ -617,6 +713,9 @@ class DeviceNode:
     kind: str  # "c" or "b"
     major: int
     minor: int
+    uid: int = 0  # owner and mode as the host sees them: who may open it is decided from these
+    gid: int = 0
+    mode: int = 0o600
 
 
 def list_devices(pid: int | str, limit: int = 4096, cache: dict | None = None) -> list[DeviceNode] | None:
@@ -657,7 +756,8 @@ def list_devices(pid: int | str, limit: int = 4096, cache: dict | None = None) -
                 continue
             if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode):
                 out.append(DeviceNode(f"{prefix}/{n}", "c" if _stat.S_ISCHR(st.st_mode) else "b",
-                                      os.major(st.st_rdev), os.minor(st.st_rdev)))
+                                      os.major(st.st_rdev), os.minor(st.st_rdev),
+                                      st.st_uid, st.st_gid, _stat.S_IMODE(st.st_mode)))
             elif _stat.S_ISDIR(st.st_mode) and depth < 1 and n not in ("pts", "shm", "mqueue", "hugepages"):
                 try:
                     sub = os.open(n, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -711,3 +811,49 @@ def active_lsms() -> list[str]:
         return [x for x in _read_bytes("/sys/kernel/security/lsm", 4096).decode().strip().split(",") if x]
     except (ProcessGone, OSError):
         return []
+
+
+@record(frozen=True)
+class UnixListener:
+    inode: int
+    path: str  # as bound (relative to the binder's root); "@name" for the abstract namespace
+
+
+def parse_net_unix(text: str) -> list[UnixListener]:
+    """Listening, path-bound unix sockets from a /proc/PID/net/unix table."""
+    out = []
+    for line in text.splitlines()[1:]:
+        parts = line.split(None, 7)
+        if len(parts) < 8:
+            continue
+        try:
+            flags = int(parts[3], 16)
+            inode = int(parts[6])
+        except ValueError:
+            continue
+        if flags & 0x10000:  # __SO_ACCEPTCON: listen(2) was called
+            out.append(UnixListener(inode, parts[7]))
+    return out
+
+
+def read_unix_listeners(pid: int | str) -> list[UnixListener]:
+    """Listening unix sockets of pid's network namespace."""
+    try:
+        return parse_net_unix(read_text(pid, "net/unix", MAX_LARGE))
+    except ProcessGone:
+        if not os.path.exists(f"{PROC}/{pid}"):
+            raise
+        return []
+
+
+def exe_identity(pid: int | str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file pid executes, or None if unreadable.
+
+    A process names itself (comm, argv) as it likes; the executed file is what the
+    kernel loaded, so "this is the host's bwrap" is decided by this identity.
+    """
+    try:
+        st = os.stat(f"{PROC}/{pid}/exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -85,3 +85,11 @@ def test_cli_as_non_root_warns_and_does_not_crash():
     p = sbx("audit", "--format", "json", user="nobody")
     assert p.returncode in (0, 2), p.stderr
     assert "Traceback" not in p.stderr and "not root" in p.stderr
+
+
+def test_cis_benchmark_version_is_stated():
+    assert C.CIS_DOCKER_VERSION == "1.5.0"
+    md = C.markdown()
+    assert "CIS Docker Benchmark v1.5.0" in md and "v1.6.0 inserted a new 5.1" in md
+    m = C.by_id()["SBX-A001"].mappings()
+    assert m["cis_docker"] == "5.4" and m["cis_docker_version"] == "1.5.0"

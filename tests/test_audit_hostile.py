@@ -83,3 +83,58 @@ def test_scan_survives_churn_of_short_lived_namespaced_processes():
     finally:
         os.killpg(churn.pid, signal.SIGKILL)
         churn.wait(timeout=10)
+
+
+BIDI_COMM = "ok\u202eexe\u200b".encode()  # right-to-left override + zero-width space: 11 bytes
+BIDI_ARG = "run\u2066\u200dme\u2069\ufeff"
+
+
+def test_bidi_and_zero_width_characters_are_escaped():
+    p = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "--", sys.executable, "-c", CHILD,
+                          BIDI_COMM.hex(), BIDI_ARG], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == b"1"
+        with open(f"/proc/{p.pid}/comm", "rb") as f:
+            assert f.read().rstrip(b"\n") == BIDI_COMM  # the kernel holds the raw characters
+        out = sbx("audit", "--pid", str(p.pid))
+        assert out.returncode == 0, out.stderr
+        assert "ok\\u202eexe\\u200b" in out.stdout
+        assert "run\\u2066\\u200dme\\u2069\\ufeff" in out.stdout
+        for bad in ("\u202e", "\u200b", "\u2066", "\u200d", "\u2069", "\ufeff"):
+            assert bad not in out.stdout
+        j = sbx("audit", "--pid", str(p.pid), "--format", "json")
+        doc = json.loads(j.stdout)
+        assert doc["containers"][0]["processes"] == ["ok\\u202eexe\\u200b"]
+        assert "\u202e" not in json.dumps(doc, ensure_ascii=False)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+
+
+# A capable process that calls itself "tini" (a reaping init's name) and runs an unprivileged child.
+DISGUISE = ("import ctypes,subprocess,sys,time;ctypes.CDLL(None).prctl(15,b'tini',0,0,0);"
+            "c=subprocess.Popen(['setpriv','--bounding-set=-all','--inh-caps=-all','--no-new-privs','sleep','60']);"
+            "print(c.pid,flush=1);time.sleep(60)")
+
+
+def test_a_process_named_like_a_helper_is_still_judged():
+    """Names are the process's own choice: the most privileged process is judged whatever it calls itself."""
+    p = subprocess.Popen(["unshare", "--user", "--map-root-user", "--pid", "--fork", "--", sys.executable, "-c",
+                          DISGUISE], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        p.stdout.readline()
+        tini = None
+        for _ in range(200):
+            r = audit(pid=p.pid)
+            if r and len(r[0].container.pids) >= 3:
+                tini = next((q for q, c in r[0].container.comms.items() if c == "tini"), None)
+                break
+            time.sleep(0.02)
+        assert tini is not None, r and r[0].container.comms
+        r = r[0]
+        assert r.container.init_pid == tini, (r.container.init_pid, r.container.comms)
+        assert "SYS_ADMIN" in r.subject.cap_eff and "SBX-A002" in {f.check_id for f in r.findings}
+        assert not r.container.helpers  # no host helper binary runs here
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
