@@ -70,12 +70,6 @@ def escape(text: str) -> str:
     return "".join(out)
 
 
-# Code points that reorder or hide text on a terminal (Trojan Source): bidi embeddings,
-# overrides and isolates, zero-width characters, the BOM.
-INVISIBLE = frozenset(list(range(0x200B, 0x2010)) + list(range(0x202A, 0x202F)) + list(range(0x2066, 0x206A))
-                      + [0x061C, 0xFEFF, 0x2028, 0x2029])
-
-
 def escape_output(data: bytes) -> bytes:
     """A workload's output made safe for the reader's terminal (`sbx logs` on a tty).
 
@@ -92,8 +86,8 @@ def escape_output(data: bytes) -> bytes:
             out.append(f"\\x{o - 0xDC00:02x}")
         elif (o < 0x20 and ch != "\t") or o == 0x7F:
             out.append(f"\\x{o:02x}")
-        elif 0x80 <= o < 0xA0 or o in INVISIBLE:
-            out.append(f"\\u{o:04x}")
+        elif 0x80 <= o < 0xA0 or invisible(o):
+            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
         else:
             out.append(ch)
     return "".join(out).encode("utf-8")
