@@ -28,9 +28,9 @@ sys.path.insert(0, ROOT)
 # (module, attribute, label, process). Attributes on classes are "Class.method".
 PARENT = (
     ("sandbox.speccache", "resolve", "resolve spec (cache)"),
-    ("sandbox.launch", "_prepare_security", "prepare: seccomp/landlock/LSM"),
-    ("sandbox.launch", "_preload", "prepare: preload child modules"),
-    ("sandbox.userns", "plan", "prepare: id slice"),
+    ("sandbox.launch", "_plan_confinement", "plan: seccomp/landlock/LSM"),
+    ("sandbox.launch", "preload", "plan: preload child modules"),
+    ("sandbox.userns", "plan", "plan: id slice"),
     ("sandbox.userns", "write_maps", "write uid/gid maps"),
     ("sandbox.launch", "create_cgroup", "create cgroup + limits"),
     ("sandbox.cgroups.base", "Cgroup.attach", "attach to cgroup"),
@@ -41,17 +41,10 @@ PARENT = (
     ("sandbox.launch", "_wait", "wait for exit"),
     ("sandbox.launch", "release", "teardown (cgroup, id slice)"),
 )
-CHILD = (
-    ("sandbox.syscalls", "unshare", "unshare namespaces"),
-    ("sandbox.mounts", "setup", "init: mounts + pivot_root"),
-    ("sandbox.net", "setup_inside", "init: network"),
-    ("sandbox.caps", "confine_init", "init: drop its privileges"),
-    ("sandbox.rlimits", "apply", "workload: rlimits"),
-    ("sandbox.landlock", "apply", "workload: landlock"),
-    ("sandbox.caps", "drop", "workload: caps + uid"),
-    ("sandbox.seccomp", "install", "workload: seccomp"),
-)
-RUN_MODULES = ("sandbox.cli", "sandbox.cmd_run", "sandbox.speccache", "sandbox.launch", "sandbox.verify",
+# Every named stage of the sandbox processes (sandbox.protocol.Steps) is timed under its own name.
+CHILD = ()
+RUN_MODULES = ("sandbox.cli", "sandbox.cmd_run", "sandbox.speccache", "sandbox.launch", "sandbox.protocol",
+               "sandbox.process", "sandbox.namespaces", "sandbox.verify",
                "sandbox.cgroups.v1", "sandbox.mounts", "sandbox.caps", "sandbox.seccomp", "sandbox.landlock",
                "sandbox.net", "sandbox.initproc", "sandbox.rlimits", "sandbox.userns", "sandbox.mac", "sandbox.cgwarm")
 
@@ -93,16 +86,26 @@ def _child_main(fd: int, t_exec: float) -> None:
             cls, attr = attr.split(".")
             owner = getattr(owner, cls)
         wrap(owner, attr, label)
-    launch = mods["sandbox.launch"]
-    orig_expect = launch._expect
+    protocol = importlib.import_module("sandbox.protocol")
+    orig_expect = protocol.Channel.expect
 
-    def expect(chan, buf, key, early):
+    def expect(self, kind):
         t = time.perf_counter()
         try:
-            return orig_expect(chan, buf, key, early)
+            return orig_expect(self, kind)
         finally:
-            emit(f"parent waits for sandbox '{key}'", t, time.perf_counter() - t)
-    launch._expect = expect
+            emit(f"parent waits for sandbox '{kind}'", t, time.perf_counter() - t)
+    protocol.Channel.expect = expect
+    orig_step = protocol.Steps.__call__
+
+    def step(self, name, fn, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return orig_step(self, name, fn, *a, **kw)
+        finally:
+            if os.getpid() != main_pid:
+                emit(name, t, time.perf_counter() - t)
+    protocol.Steps.__call__ = step
     code = mods["sandbox.cli"]._dispatch(["run", "--profile", "strict", "--", "/bin/true"])
     t_end = time.perf_counter()
     marks.append(("total until exit", t_exec, t_end - t_exec, "parent"))

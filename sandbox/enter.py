@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import signal
 
-from . import facts, state, syscalls as sc
-from .errors import EXIT_NOT_EXECUTABLE, SbxError, VerifyError
+from . import facts, launch, process, protocol, state, syscalls as sc
+from .errors import SbxError, VerifyError
 from .spec import Spec, spec_from_dict
 from .userns import outside
 
@@ -28,27 +28,9 @@ from .userns import outside
 ENTER_ORDER = ("user", "mount", "net", "uts", "ipc", "cgroup")
 
 
-def _mac_plan(spec: Spec, entry: state.Entry, sid: str):
-    sec = spec.security
-    if sec.apparmor == "off" and sec.selinux == "off":
-        return None
-    from . import mac
-    mp = mac.prepare(sec, sid)
-    label = entry.state.get("lsm_label")
-    if getattr(mp, "selinux_context", None):
-        if not label:
-            raise SbxError("the sandbox's SELinux label was not recorded: refusing an exec that could carry "
-                           "another one", where="exec")
-        mp.selinux_context = label  # per-sandbox MCS categories: reuse the workload's exact context
-    if getattr(mp, "apparmor_profile", None) or getattr(mp, "selinux_context", None):
-        return mp
-    return None
-
-
 def exec_in(entry: state.Entry, argv: list[str], *, env: list[str] = (), workdir: str | None = None,
             stderr=None) -> int:
     """Run argv inside the sandbox; returns its exit code (126/127 like run; 125 on refusal)."""
-    from . import launch
     from .lifecycle import open_init
 
     if not argv:
@@ -84,17 +66,9 @@ def exec_in(entry: state.Entry, argv: list[str], *, env: list[str] = (), workdir
             os.close(again)
         if again is None or select_ready(pfd):
             raise SbxError(f"sandbox {entry.id[:12]} exited", where="exec")
-        plan = launch.Plan(spec=spec, sandbox_id=entry.id, idmap=None)
-        sec = spec.security
-        if sec.seccomp != "unconfined":
-            from . import seccomp
-            plan.seccomp_bpf = seccomp.prepare(sec.seccomp, frozenset(sec.capabilities))
-        if sec.landlock != "off":
-            from . import landlock
-            lp = landlock.plan(spec)
-            plan.landlock_rules = None if lp is None else (lp.rules if hasattr(lp, "rules") else lp)
-        plan.mac = _mac_plan(spec, entry, entry.id)
-        launch._preload(plan)  # nothing may be imported after the chroot
+        # The same plan function as `run`, joining: byte-identical BPF, the same Landlock rules,
+        # the label the workload was verified to carry. Everything is imported before the chroot.
+        plan = launch.plan(spec, entry.id, exec_label=entry.state.get("lsm_label"), joining=True)
         from . import cgroups
         cg = cgroups.open_existing(entry.id)
         rootless = bool((entry.state.get("idmap") or {}).get("rootless", os.geteuid() != 0))
@@ -113,17 +87,16 @@ def select_ready(pfd: int) -> bool:
     return bool(r)
 
 
-def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: list[str], env: dict[str, str],
-         cwd: str, rootless: bool, init_pid: int, stderr) -> int:
-    from . import events, launch
+def _run(plan: launch.Plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: list[str],
+         env: dict[str, str], cwd: str, rootless: bool, init_pid: int, stderr) -> int:
+    from . import events, stdio
     from .initproc import status_to_code
 
-    chan = launch._Chan()
+    chan = protocol.Channel()
     try:
         sc.setns(fds["pid"], sc.CLONE_NEWPID)  # our children are born in the sandbox's pid namespace
     except OSError as e:
         raise SbxError(f"cannot enter the sandbox's pid namespace: {e.strerror}", where="exec") from None
-    from . import stdio
     relay = stdio.Relay.for_caller()  # the caller's terminal never reaches the sandbox
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child; never returns
@@ -131,28 +104,27 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
     chan.parent_close()
     if relay is not None:
         relay.in_parent()
-    buf = bytearray()
     try:
         try:
             if cg is not None:
                 cg.attach(pid)
-            os.write(chan.ctl_w, b"1")
-            ready = launch._expect(chan, buf, "ready", [])["ready"]
+            chan.give(protocol.EXEC_IN_CGROUP)
+            ready = chan.expect(protocol.READY)[protocol.READY]
             _verify(plan.spec, entry, pid, init_pid, plan, cg)
             events.emit("exec_start", entry.id, entry.name, argv=list(argv)[:32], landlock_abi=ready.get("landlock_abi"))
-            launch.release_and_confirm(chan, buf, plan, pid, "exec'd command")
-        except launch._ExecError as e:
-            launch._print(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get('exec_error')}")
-            launch._reap(pid)
-            return int(e.msg.get("code", EXIT_NOT_EXECUTABLE))
+            launch.release_and_confirm(chan, plan, pid, "exec'd command")
+        except protocol.ExecFailed as e:
+            launch.say(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get(protocol.EXEC_FAILED)}")
+            process.reap(pid)
+            return e.code
         except BaseException:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            launch._reap(pid)
+            process.reap(pid)
             raise
-        fwd = launch._Forwarder()  # signals to `sbx exec` go to the exec'd command
+        fwd = process.Forwarder()  # signals to `sbx exec` go to the exec'd command
         fwd.arm(pid)
         try:
             pidfd = os.pidfd_open(pid)
@@ -160,7 +132,7 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
                 stdio.wait(pidfd, relay, None)
             finally:
                 os.close(pidfd)
-            status = launch._reap(pid)
+            status = process.reap(pid)
             if relay is not None:
                 relay.drain()
         finally:
@@ -171,8 +143,7 @@ def _run(plan, entry: state.Entry, fds: dict[str, int], root_fd: int, cg, argv: 
     finally:
         if relay is not None:
             relay.close()
-        launch._close(chan.ctl_w)
-        launch._close(chan.status_r)
+        chan.close()
 
 
 def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -> None:
@@ -180,7 +151,7 @@ def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -
     idmap = entry.state.get("idmap") or {}
     f = facts.read(pid, host_pid=os.getpid())
     v = check(spec, f, host_uid=outside(idmap.get("uid_map"), spec.uid),
-              host_gid=outside(idmap.get("gid_map"), spec.gid), seccomp_expected=plan.seccomp_bpf is not None,
+              host_gid=outside(idmap.get("gid_map"), spec.gid), seccomp_expected=plan.confinement.seccomp_bpf is not None,
               cgroup=cg)
     want = facts.read_ns(init_pid)
     for ns in ("user", "mnt", "pid", "net", "uts", "ipc", "cgroup"):
@@ -190,28 +161,26 @@ def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -
         raise VerifyError("exec verification failed, command killed before exec: " + "; ".join(v.problems))
 
 
-def _child(plan, chan, fds: dict[str, int], root_fd: int, argv: list[str], env: dict[str, str], cwd: str,
-           rootless: bool, relay) -> None:
-    from . import launch
-
-    stage = "exec setup"
+def _child(plan: launch.Plan, chan: protocol.Channel, fds: dict[str, int], root_fd: int, argv: list[str],
+           env: dict[str, str], cwd: str, rootless: bool, relay) -> None:
+    step = protocol.Steps("exec setup")
     try:
-        chan.child_close()
+        step("pipes", chan.child_close)
         if relay is not None:
-            relay.in_child()
-        os.setsid()  # no controlling terminal, as for the workload
+            step("standard streams", relay.in_child)
+        step("new session", os.setsid)  # no controlling terminal, as for the workload
         # Born in the sandbox's pid namespace, our parent (outside it) reads as pid 0.
-        launch._pdeathsig(0)
-        chan.wait_token(b"1")  # parent has put us in the sandbox's cgroup
+        step("parent death signal", process.die_with_parent, 0)
+        step("wait for the cgroup", chan.wait, protocol.EXEC_IN_CGROUP)
         for ns in ENTER_ORDER:
-            stage = f"setns {ns}"
-            sc.setns(fds[ns], sc.NS_FLAGS[ns])
-        stage = "chroot"
-        os.fchdir(root_fd)
-        os.chroot(".")
-        launch._pdeathsig(0)
-        launch.confine_and_exec(plan, chan, argv, env, cwd, rootless=rootless)
+            step(f"setns {ns}", sc.setns, fds[ns], sc.NS_FLAGS[ns])
+        step("chroot", _chroot, root_fd)
+        step("parent death signal", process.die_with_parent, 0)  # the id switch in setns cleared it
     except BaseException as e:  # noqa: BLE001 - a child must never unwind into the CLI
-        launch._die(chan, e, stage)
+        protocol.die(chan, e, step.name)
+    launch.confine_and_exec(plan, chan, argv, env, cwd, rootless=rootless)
 
 
+def _chroot(root_fd: int) -> None:
+    os.fchdir(root_fd)
+    os.chroot(".")

@@ -1,51 +1,49 @@
-"""Launch orchestration: the whole sandbox start, stage by stage.
+"""Launch: a sandbox's start, as one ordered list of named stages per process.
 
 Process tree (host view), as with runc under conmon:
 
-    sbx (parent: cgroup, id maps, verification, wait)
-     └─ init   (pid 1 inside: mounts, hostname, network; once attached to the cgroup,
-         │      a new cgroup namespace; then reaps and forwards signals)
-         └─ workload (rlimits → Landlock → MAC → caps/uid → no_new_privs → seccomp → parked → execve)
+    sbx (parent: plan, id maps, cgroup, verification, wait)
+     └─ init      pid 1 inside: mounts, hostname, network, its cgroup namespace; then reaps and forwards
+         └─ workload  rlimits → Landlock → MAC → caps/uid → no_new_privs → fds → seccomp → parked → execve
 
-Init comes from a short-lived setup child: it unshares every namespace but
-cgroup (a new pid namespace only applies to the unsharer's children), forks
-init and exits; init waits for its id maps and switches to the namespace's
-root. sbx is a child subreaper while that happens, so init is re-parented to
-sbx; sbx waits for init directly, and no third Python process lives as long as
-the sandbox.
+A short-lived setup process (between sbx and init) unshares the namespaces: a
+new pid namespace applies to the unsharer's children, so it forks init and
+exits; sbx is a child subreaper meanwhile and adopts init. The messages between
+the processes, and the order they come in, are drawn in sandbox/protocol.py.
 
-The sandbox's cgroup is created and init and the workload attached while init
-builds its mounts: the first cgroup.procs write can wait a full RCU grace period
-in the kernel (see cgwarm), and this way the sandbox's own setup runs meanwhile.
-Init forks the workload before its mounts, parked on a pipe (a forked
-interpreter's first steps are page faults; they overlap the mounts), and lets it
-go only after the attach and init's new cgroup namespace (rooted at the
-sandbox's cgroup), which the workload joins. Nothing of the workload runs
-outside its cgroup.
+Every stage below is one named call; a failing stage ends its process with an
+ERROR message naming it (protocol.die), and sbx reports that one line, exit
+125. Children never return into the caller's Python stack: every path ends in
+os._exit. The workload is verified from /proc while parked before execve, and
+only then released (fail closed).
 
-Setup is synchronised with pipes, never sleeps. Children never return into the
-caller's Python stack: every path ends in os._exit, errors travel to the parent
-as one message on the status pipe. The parent verifies the parked workload
-from /proc and only then lets it exec (fail closed).
+Timing notes that shaped the order: the cgroup is created and joined while init
+builds its mounts (the first cgroup.procs write may wait a full RCU grace
+period, see cgwarm), and the workload is forked before the mounts, parked on a
+pipe, so a forked interpreter's page faults overlap them.
 """
 from __future__ import annotations
 
-import _thread
-import marshal
 import os
-import select
 import sys
 import time
-from .records import field, record
 
-from . import cgwarm, facts, syscalls as sc
+from . import cgwarm, facts, namespaces, process, protocol
+from .errors import EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_TIMEOUT, SbxError, VerifyError
+from .protocol import Channel, ExecFailed, Steps
+from .records import field, record
 from .sig import signal
-from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, SbxError, VerifyError
 from .spec import Spec
 
-SETUP_TIMEOUT = 30.0
-MAX_MSG = 4000  # one status message, framed, stays below PIPE_BUF
-NS_ORDER = ("user", "mount", "pid", "net", "uts", "ipc", "cgroup")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms of every start); mypy knows the name
+if TYPE_CHECKING:  # types only: none of these is imported on the run path unless the plan needs it
+    from .cgroups.base import Cgroup
+    from .hostpath import HostPath
+    from .landlock import Rule
+    from .mac import MacPlan
+    from .netbridge import BridgeNet
+    from .stdio import Relay
+    from .userns import IdPlan
 
 
 @record
@@ -58,693 +56,599 @@ class Result:
 
 
 @record
+class Confinement:
+    """What the workload (and every `sbx exec`) applies to itself, decided in sbx before any fork."""
+
+    seccomp_bpf: bytes | None = None
+    landlock_rules: list[Rule] | None = None
+    mac: MacPlan | None = None
+
+
+@record
 class Plan:
-    """What the parent decided for this sandbox (before the first fork; the cgroup, after it)."""
+    """Everything sbx decided for one sandbox (the cgroup is added once setup is busy)."""
 
     spec: Spec
     sandbox_id: str
-    idmap: object
-    cgroup: object = None
-    seccomp_bpf: bytes | None = None
-    landlock_rules: list | None = None
-    mac: object = None
-    net: object = None  # bridge networking plan: .attach(init_pid) after unshare, .release() at the end
-    rootfs_src: object = None  # hostpath.HostPath of --rootfs, resolved by sbx
-    bind_srcs: list = field(default_factory=list)  # hostpath.HostPath of each -v source
+    confinement: Confinement
+    idmap: IdPlan | None = None  # None: `sbx exec` joins a sandbox that has its maps
+    cgroup: Cgroup | None = None
+    net: BridgeNet | None = None
+    rootfs_src: HostPath | None = None  # --rootfs and -v sources, resolved by sbx (hostpath)
+    bind_srcs: list[HostPath] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     features: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- child side
+# ============================================================ the plan (sbx, before any fork)
 
-class _Chan:
-    """The two pipes every sandbox process shares with the parent.
+def plan(spec: Spec, sandbox_id: str, *, exec_label: str | None = None, joining: bool = False) -> Plan:
+    """The one place a launch is decided, for `run` and for `exec` (joining=True: the sandbox exists).
 
-    Status messages are small dicts of str/int/None, framed as a 2-byte length
-    plus a marshal blob: marshal is built in (json would cost ~7 ms of imports
-    per start), and only sbx's own code ever holds the write end: it is
-    close-on-exec, so no workload inherits it.
+    Everything that can fail before a process exists fails here, with one line.
+    exec_label: the LSM label the running workload was verified to carry (exec reuses it).
     """
-
-    def __init__(self) -> None:
-        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)  # sandbox -> parent, framed messages
-        self.ctl_r, self.ctl_w = os.pipe2(os.O_CLOEXEC)  # parent -> sandbox, one-byte tokens
-
-    def send(self, obj: dict) -> None:
-        data = marshal.dumps(obj)
-        if len(data) > MAX_MSG:
-            data = marshal.dumps({k: (v[:1000] if isinstance(v, str) else v) for k, v in obj.items()})[:MAX_MSG]
-        os.write(self.status_w, len(data).to_bytes(2, "big") + data)  # < PIPE_BUF: atomic with several writers
-
-    def wait_token(self, expect: bytes) -> None:
-        b = os.read(self.ctl_r, 1)
-        if b != expect:
-            os._exit(EXIT_REFUSED)  # parent gone or refused: never continue half set up
-
-    def child_close(self) -> None:
-        for fd in (self.status_r, self.ctl_w):
-            _close(fd)
-
-    def parent_close(self) -> None:
-        for fd in (self.status_w, self.ctl_r):
-            _close(fd)
-
-
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _die(chan: _Chan, e: BaseException, stage: str) -> None:
-    if os.environ.get("SBX_DEBUG"):
-        try:
-            import traceback  # not preloaded: after pivot_root this import may fail, and that is fine
-            traceback.print_exception(e)
-        except ImportError:
-            pass
+    p = Plan(spec=spec, sandbox_id=sandbox_id, confinement=Confinement())
     try:
-        if isinstance(e, SbxError):
-            chan.send({"error": e.message, "code": e.code, "where": e.where, "stage": stage})
+        if not joining:
+            _admit(spec)
+            _check_rlimits(spec)
+            _resolve_host_paths(p)
+            _plan_ids(p)
+        _plan_confinement(p, exec_label, joining)
+        # Before the cgroup: mkdir there waits on cgroup_mutex while cgwarm's grace period runs,
+        # so everything that does not touch cgroups goes first.
+        preload(p)
+        if not joining:
+            _check_cgroup_limits(p)
+            _plan_network(p)
+    except BaseException:
+        release(p)
+        raise
+    return p
+
+
+def _admit(spec: Spec) -> None:
+    """Admission is part of the launch, so no entry point (CLI, API, sbx start) skips the policy."""
+    if spec.policy:
+        from .admission import admit
+        admit(spec)
+
+
+def _check_rlimits(spec: Spec) -> None:
+    from . import rlimits
+    rlimits.check(spec.rlimits)
+
+
+def _resolve_host_paths(p: Plan) -> None:
+    fs = p.spec.filesystem
+    if fs.rootfs or fs.binds:
+        from . import hostpath
+        p.rootfs_src = hostpath.resolve(fs.rootfs, what="--rootfs") if fs.rootfs else None
+        p.bind_srcs = [hostpath.resolve(b.source, what="-v") for b in fs.binds]
+
+
+def _plan_ids(p: Plan) -> None:
+    from . import userns
+    p.idmap = userns.plan(p.spec)
+
+
+def _plan_confinement(p: Plan, exec_label: str | None, joining: bool) -> None:
+    sec = p.spec.security
+    c = p.confinement
+    if sec.seccomp != "unconfined":
+        from . import seccomp
+        c.seccomp_bpf = seccomp.prepare(sec.seccomp, frozenset(sec.capabilities))
+        p.features["seccomp"] = sec.seccomp
+    else:
+        p.notes.append("seccomp: unconfined (requested)")
+    if sec.landlock != "off":
+        from . import landlock
+        lp = landlock.plan(p.spec)
+        if lp is None:
+            p.notes.append("landlock: not available")
         else:
-            tb = e.__traceback__
-            while tb is not None and tb.tb_next is not None:
-                tb = tb.tb_next
-            loc = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
-            chan.send({"error": f"{stage} failed: {type(e).__name__}: {e} ({loc})", "code": EXIT_REFUSED, "stage": stage})
-    finally:
-        os._exit(EXIT_REFUSED)
+            c.landlock_rules = lp.rules
+        p.features["landlock_abi"] = landlock.abi_version()
+    if sec.apparmor != "off" or sec.selinux != "off":
+        from . import mac
+        mp = mac.prepare(sec, p.sandbox_id)
+        p.notes.extend(mp.notes)
+        if mp.selinux_context and joining:
+            if not exec_label:
+                raise SbxError("the sandbox's SELinux label was not recorded: refusing an exec that could carry "
+                               "another one", where="exec")
+            mp.selinux_context = exec_label  # per-sandbox MCS categories: an exec carries the workload's
+        if mp.apparmor_profile or mp.selinux_context:
+            c.mac = mp
 
 
-def _pdeathsig(expected_parent: int) -> None:
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != expected_parent:
-        os._exit(EXIT_REFUSED)  # parent died before we armed the signal
+def preload(p: Plan) -> None:
+    """Import in sbx everything the sandbox processes will run.
+
+    After the id switch and pivot_root they cannot read the Python installation
+    (it may live under a 0700 home, and is not in the new root), so a lazy import
+    there would fail.
+    """
+    from . import caps, initproc, mounts, net, rlimits  # noqa: F401
+    c = p.confinement
+    if c.seccomp_bpf is not None:
+        from . import seccomp  # noqa: F401
+    if c.landlock_rules is not None:
+        from . import landlock  # noqa: F401
+    if c.mac is not None:
+        from . import mac  # noqa: F401
 
 
-def _setup_child(plan: Plan, chan: _Chan, parent: int, relay) -> None:
-    """First child: still in the host pid namespace. Unshares, forks init, exits. Never returns."""
-    stage = "setup"
+def _check_cgroup_limits(p: Plan) -> None:
+    if p.spec.resources.requested():
+        from . import cgroups
+        cgroups.check(p.sandbox_id, p.spec.resources)  # bad values refuse before anything exists
+
+
+def _plan_network(p: Plan) -> None:
+    if p.spec.network == "bridge":
+        from . import netbridge  # pyroute2 is imported there, and only for bridge mode
+        p.net = netbridge.prepare(p.spec, p.sandbox_id)
+
+
+def create_cgroup(p: Plan) -> None:
+    """The sandbox's cgroup with every limit written (sbx does this while init builds its mounts)."""
+    spec = p.spec
+    if not spec.resources.requested():
+        return
+    from . import cgroups
+    p.cgroup = cgroups.create(p.sandbox_id, spec.resources, degrade=spec.degrade)
+    if p.cgroup is not None:
+        for d in p.cgroup.degraded:
+            p.notes.append(f"degraded: {d} not enforced (profile allows degrade)")
+    p.features["cgroup"] = cgroups.detect()
+
+
+def release(p: Plan) -> None:
+    """Give back what the plan holds (network, cgroup, id slice); best effort, idempotent."""
+    if p.net is not None:
+        try:
+            p.net.release()
+        except Exception:  # noqa: BLE001 - netbridge reaps leftovers on next start
+            pass
+        p.net = None
+    if p.cgroup is not None:
+        try:
+            p.cgroup.destroy()
+        except Exception:  # noqa: BLE001 - reap_stale retries next start
+            pass
+        p.cgroup = None
+    if p.idmap is not None:
+        p.idmap.release()
+
+
+# ============================================================ setup (forked by sbx)
+
+def _setup_process(p: Plan, chan: Channel, parent: int, relay: Relay | None) -> None:
+    """Still in the host's pid namespace: unshare, fork init, exit. Never returns."""
+    step = Steps("setup")
     try:
-        if relay is not None:
-            relay.in_child()  # pipes, not the caller's terminal, become fds 0-2
-        os.setsid()  # no controlling terminal: /dev/tty cannot reach the caller's
-        for sig in _FORWARD:
-            signal.signal(sig, signal.SIG_DFL)  # not sbx's forwarding handlers
-        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
-            signal.signal(sig, signal.SIG_IGN)  # inherited by init, which sets its own
-        chan.child_close()
-        _pdeathsig(parent)
-        flags = 0
-        for ns in NS_ORDER:
-            if ns != "cgroup":  # init does that one, once it is in the sandbox's cgroup
-                flags |= sc.NS_FLAGS[ns]
-        stage = "unshare"
-        sc.unshare(flags)
-        stage = "fork init"
-        pid = os.fork()  # pid 1 of the new pid namespace; it waits for its id maps itself
+        step("standard streams", _use_relay, relay)  # pipes, never the caller's terminal, become fds 0-2
+        step("new session", os.setsid)  # no controlling terminal: /dev/tty cannot reach the caller's
+        step("signals", process.reset_signals_for_sandbox)
+        step("pipes", chan.child_close)
+        step("parent death signal", process.die_with_parent, parent)
+        step("unshare", namespaces.unshare_for_setup)
+        pid = step("fork init", os.fork)  # pid 1 of the new pid namespace
         if pid == 0:
-            _init_child(plan, chan)
-        chan.send({"init": pid})
+            _init_process(p, chan)
+        step("report init", chan.send, protocol.INIT, pid)
         os._exit(0)  # init is re-parented to sbx (a subreaper now), which waits for it
     except BaseException as e:  # noqa: BLE001 - a child must never unwind into the caller
-        _die(chan, e, stage)
+        protocol.die(chan, e, step.name)
 
 
-def _init_child(plan: Plan, chan: _Chan) -> None:
+def _use_relay(relay: Relay | None) -> None:
+    if relay is not None:
+        relay.in_child()
+
+
+# ============================================================ init (pid 1 of the sandbox)
+
+def _init_process(p: Plan, chan: Channel) -> None:
     """pid 1 of the sandbox. Never returns.
 
-    No parent-death signal until token 3: the setup process that forked us exits
-    right away, and a parent-death signal would fire then. Until token 3, the
-    end of sbx shows as EOF on the control pipe (wait_token exits on it).
+    No parent-death signal until IN_CGROUP: setup, its parent, exits at once and
+    would fire it. Until then the end of sbx shows as EOF on the control pipe.
     """
     from . import caps, mounts, net
     from .initproc import prepare_signals, run_init, set_title
 
-    stage = "init"
-    spec = plan.spec
+    spec = p.spec
+    assert p.idmap is not None
+    step = Steps("init")
     try:
-        set_title("sbx-init")
+        step("title", set_title, "sbx-init")
         # The sandbox's files and the workload get docker's umask, not whatever the caller had
         # (a 077 caller would leave the new root untraversable for the workload's uid).
-        os.umask(0o022)
-        chan.wait_token(b"2")  # sbx wrote our uid/gid maps
-        stage = "open sources"
-        sources = mounts.open_sources(spec, plan.rootfs_src, plan.bind_srcs)  # before any mount or id switch
-        stage = "id switch"
-        if not plan.idmap.rootless:
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
-            os.setgroups([])
-        # Dumpable until confine_init, so the workload can open our /proc/1/ns/cgroup to join it
-        # (after a uid switch our /proc files would be the host root's). Only sbx's own code runs
-        # in the sandbox before then, and sbx checks that init is not dumpable before any exec.
-        sc.prctl(sc.PR_SET_DUMPABLE, 1)
-        stage = "hostname"
-        sc.sethostname(spec.hostname)
-        # The workload is forked now, parked on a pipe of ours: its start after fork (page faults
-        # of a forked interpreter) overlaps our mounts. pivot_root moves its root and cwd with ours.
-        prepare_signals()
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)  # init -> workload: root built, cgroup attached
-        ns_r, ns_w = os.pipe2(os.O_CLOEXEC)  # workload -> init: it joined our cgroup namespace
-        stage = "fork workload"
-        pid = os.fork()
+        step("umask", os.umask, 0o022)
+        step("wait for id maps", chan.wait, protocol.MAPS_WRITTEN)
+        # Before the id switch and any mount: with the invoker's access rights, in the copied mount tree.
+        sources = step("open sources", mounts.open_sources, spec, p.rootfs_src, p.bind_srcs)
+        step("become root of the namespace", p.idmap.become_root)
+        # Dumpable until confine_init, so the workload can open our /proc/1/ns/cgroup to join it. Only
+        # sbx's code runs in the sandbox until then, and sbx checks init is not dumpable before any exec.
+        step("stay dumpable", process.stay_dumpable)
+        step("hostname", namespaces.set_hostname, spec.hostname)
+        step("signals", prepare_signals)
+        go_r, go_w = step("pipes to the workload", os.pipe2, os.O_CLOEXEC)  # init -> workload: GO
+        joined_r, joined_w = step("pipes from the workload", os.pipe2, os.O_CLOEXEC)  # workload -> init: JOINED
+        pid = step("fork workload", os.fork)  # parked on GO; pivot_root moves its root with ours
         if pid == 0:
-            for fd in (go_w, ns_r):
-                _close(fd)
-            sources.close()  # O_PATH fds into the host's tree: never in the workload
-            _workload(plan, chan, go_r, ns_w)
-        _close(go_r)
-        _close(ns_w)
-        chan.send({"workload": "forked"})  # sbx finds its host pid as our one child
-        stage = "mounts"
-        mounts.setup(spec, sources, rootless=plan.idmap.rootless)
-        stage = "network"
-        net.setup_inside(spec.network)
-        chan.wait_token(b"3")  # sbx adopted us (setup is reaped), put us and the workload in the cgroup
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # sbx is our parent now
-        if select.select([chan.ctl_r], [], [], 0)[0]:
-            os._exit(EXIT_REFUSED)  # EOF: sbx died between the token and the line above
-        stage = "cgroup namespace"
-        sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the sandbox's cgroup; the workload joins it
-        os.write(go_w, b"g")
-        _close(go_w)
-        _close(chan.ctl_r)
-        os.read(ns_r, 1)  # the workload joined (or died: EOF); it needed us dumpable until now
-        _close(ns_r)
-        stage = "init privileges"
-        caps.confine_init()
-        chan.send({"confined": "init"})  # sbx lets the workload exec only after this
-        _close(chan.status_w)
+            for fd in (go_w, joined_r):
+                os.close(fd)
+            sources.close()  # O_PATH fds and mount trees of the host's: never in the workload
+            _workload_process(p, chan, go_r, joined_w)
+        os.close(go_r)
+        os.close(joined_w)
+        step("report the workload", chan.send, protocol.WORKLOAD_FORKED, "forked")  # sbx finds its host pid
+        step("mounts", mounts.setup, spec, sources, rootless=p.idmap.rootless)
+        step("network", net.setup_inside, spec.network)
+        step("wait for the cgroup", chan.wait, protocol.IN_CGROUP)  # sbx adopted us, the workload is in it
+        step("parent death signal", process.die_with_parent, os.getppid())
+        step("sbx alive", _refuse_if, chan.sbx_gone)  # EOF: sbx died between its token and the line above
+        step("cgroup namespace", namespaces.unshare_cgroup)  # rooted at the sandbox's cgroup
+        step("release the workload", os.write, go_w, protocol.GO)
+        step("workload joined", _wait_joined, joined_r)  # it needed us dumpable until now
+        os.close(go_w)
+        os.close(chan.ctl_r)
+        step("init privileges", caps.confine_init)
+        step("report confined", chan.send, protocol.INIT_CONFINED, "init")
+        os.close(chan.status_w)
         os._exit(run_init(pid))
     except BaseException as e:  # noqa: BLE001
-        _die(chan, e, stage)
+        protocol.die(chan, e, step.name)
 
 
-def _resolve_exe(argv0: str, env: dict[str, str]) -> str:
-    if "/" in argv0:
-        return argv0
-    for d in env.get("PATH", "").split(":"):
-        cand = os.path.join(d or ".", argv0)
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    for d in env.get("PATH", "").split(":"):
-        cand = os.path.join(d or ".", argv0)
-        if os.path.exists(cand):
-            return cand  # exists but not executable: execve reports EACCES -> 126
-    raise FileNotFoundError(argv0)
+def _refuse_if(cond) -> None:
+    if cond():
+        os._exit(125)
 
 
-def _workload(plan: Plan, chan: _Chan, go_r: int, ns_w: int) -> None:
-    """The workload process. Never returns.
+def _wait_joined(fd: int) -> None:
+    os.read(fd, 1)  # JOINED, or EOF if the workload died: either way it no longer needs us
+    os.close(fd)
 
-    Forked by init before its mounts; waits until init has built the root, sbx has
-    put this process in the sandbox's cgroup and init has the sandbox's cgroup
-    namespace (rooted there), joins that namespace, tells init, and confines itself.
-    """
-    spec = plan.spec
-    stage = "workload"
+
+# ============================================================ the workload
+
+def _workload_process(p: Plan, chan: Channel, go_r: int, joined_w: int) -> None:
+    """Forked by init before its mounts. Joins the sandbox's cgroup namespace, then confines itself."""
+    step = Steps("workload")
     try:
-        env = spec.env_dict()
-        if os.read(go_r, 1) != b"g":
-            os._exit(EXIT_REFUSED)  # init failed or was killed: never continue half set up
-        _close(go_r)
-        stage = "cgroup namespace"
-        fd = os.open("/proc/1/ns/cgroup", os.O_RDONLY | os.O_CLOEXEC)  # the sandbox's /proc: 1 is init
-        try:
-            sc.setns(fd, sc.CLONE_NEWCGROUP)
-        finally:
-            os.close(fd)
-        os.write(ns_w, b"j")
-        _close(ns_w)
+        env = p.spec.env_dict()
+        step("wait for the root", _wait_token, go_r, protocol.GO)  # root built, in the cgroup, namespace made
+        step("cgroup namespace", namespaces.join_cgroup_of_init)
+        step("tell init", os.write, joined_w, protocol.JOINED)
+        os.close(joined_w)
     except BaseException as e:  # noqa: BLE001
-        _die(chan, e, stage)
-    confine_and_exec(plan, chan, list(spec.argv), env, spec.cwd, rootless=plan.idmap.rootless)
+        protocol.die(chan, e, step.name)
+    confine_and_exec(p, chan, list(p.spec.argv), env, p.spec.cwd)
 
 
-def confine_and_exec(plan: Plan, chan: _Chan, argv: list[str], env: dict[str, str], cwd: str, *,
-                     rootless: bool) -> None:
-    """The last stages, in order, then parked until the parent verified us, then execve. Never returns.
+def _wait_token(fd: int, token: bytes) -> None:
+    if os.read(fd, 1) != token:
+        os._exit(125)  # init failed or was killed: never continue half set up
+    os.close(fd)
 
-    Shared by the workload and `sbx exec` (sandbox.enter), so an exec'd command can never be
-    confined differently from the workload: rlimits -> Landlock -> MAC label -> caps/uid ->
-    no_new_privs -> fds -> seccomp (last, just before exec).
+
+def confine_and_exec(p: Plan, chan: Channel, argv: list[str], env: dict[str, str], cwd: str, *,
+                     rootless: bool | None = None) -> None:
+    """The confinement, in order, then parked until sbx verified us, then execve. Never returns.
+
+    Shared by the workload and `sbx exec` (sandbox.enter), so an exec'd command
+    can never be confined differently from the workload. seccomp comes last:
+    everything before it may need calls it blocks.
     """
     from . import caps, rlimits
     from .initproc import reset_for_exec
 
-    spec = plan.spec
-    stage = "cwd"
+    spec, c = p.spec, p.confinement
+    if rootless is None:
+        rootless = p.idmap.rootless if p.idmap is not None else os.geteuid() != 0
+    step = Steps("confine")
     report: dict = {}
     try:
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise SbxError(f"working directory {cwd} is not usable in the sandbox: {e.strerror}") from None
-        stage = "rlimits"
-        rlimits.apply(spec.rlimits)
-        if plan.landlock_rules is not None:
-            stage = "landlock"
+        step("working directory", _chdir, cwd)
+        step("rlimits", rlimits.apply, spec.rlimits)
+        if c.landlock_rules is not None:
             from . import landlock
-            report["landlock_abi"] = landlock.apply(plan.landlock_rules)
-        if plan.mac is not None:
-            stage = "mac"
+            report["landlock_abi"] = step("landlock", landlock.apply, c.landlock_rules)
+        if c.mac is not None:
             from . import mac
-            mac.apply(plan.mac)
-        stage = "capabilities"
-        caps.drop(spec.security.capabilities, spec.uid, spec.gid, rootless=rootless)
+            step("mac", mac.apply, c.mac)
+        step("capabilities", caps.drop, spec.security.capabilities, spec.uid, spec.gid, rootless=rootless)
         if spec.security.no_new_privs:
-            stage = "no_new_privs"
-            caps.set_no_new_privs()
-        stage = "fds"
-        # Nothing of the host leaks in: every inherited fd but 0-2 closes at exec.
-        _close_range_cloexec(3)
-        stage = "exec lookup"
-        try:
-            exe = _resolve_exe(argv[0], env)
-        except FileNotFoundError:
-            chan.send({"exec_error": "not found", "code": EXIT_NOT_FOUND, "argv0": argv[0]})
+            step("no_new_privs", caps.set_no_new_privs)
+        step("fds", process.close_inherited_fds, 3)  # nothing of the host leaks in: all but 0-2 close at exec
+        exe = step("exec lookup", _resolve_exe, argv[0], env)
+        if exe is None:
+            chan.send(protocol.EXEC_FAILED, "not found", code=EXIT_NOT_FOUND, argv0=argv[0])
             os._exit(EXIT_NOT_FOUND)
-        reset_for_exec()
-        if plan.seccomp_bpf is not None:
-            stage = "seccomp"
+        step("signal dispositions", reset_for_exec)
+        if c.seccomp_bpf is not None:
             from . import seccomp
-            seccomp.install(plan.seccomp_bpf)
-        chan.send({"ready": report})
-        chan.wait_token(b"G")
+            step("seccomp", seccomp.install, c.seccomp_bpf)
+        step("report ready", chan.send, protocol.READY, report)
+        step("wait for release", chan.wait, protocol.RELEASE)
         try:
             os.execve(exe, list(argv), env)
         except OSError as e:
             code = EXIT_NOT_FOUND if e.errno == 2 else EXIT_NOT_EXECUTABLE
-            chan.send({"exec_error": e.strerror, "code": code, "argv0": argv[0]})
+            chan.send(protocol.EXEC_FAILED, e.strerror, code=code, argv0=argv[0])
             os._exit(code)
     except BaseException as e:  # noqa: BLE001
-        _die(chan, e, stage)
+        protocol.die(chan, e, step.name)
 
 
-def _close_range_cloexec(first: int) -> None:
+def _chdir(cwd: str) -> None:
     try:
-        import ctypes
-        CLOSE_RANGE_CLOEXEC = 1 << 2
-        if sc.libc().syscall(ctypes.c_long(436), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
-                             ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) == 0:
-            return
-    except OSError:
-        pass
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd >= first:
-            try:
-                os.set_inheritable(fd, False)
-            except OSError:
-                pass
+        os.chdir(cwd)
+    except OSError as e:
+        raise SbxError(f"working directory {cwd} is not usable in the sandbox: {e.strerror}") from None
 
 
-# ---------------------------------------------------------------- parent side
-
-def prepare(spec: Spec, sandbox_id: str) -> Plan:
-    """Everything that can fail before a process exists: refuse early, with one line."""
-    from . import rlimits, userns
-
-    if spec.policy:
-        # Admission belongs to the launch itself, so no entry point (CLI, API, `sbx start`,
-        # a supervisor) can start a sandbox its policy refuses.
-        from .admission import admit
-        admit(spec)
-    rlimits.check(spec.rlimits)
-    fs = spec.filesystem
-    rootfs_src, bind_srcs = None, []
-    if fs.rootfs or fs.binds:
-        from . import hostpath
-        rootfs_src = hostpath.resolve(fs.rootfs, what="--rootfs") if fs.rootfs else None
-        bind_srcs = [hostpath.resolve(b.source, what="-v") for b in fs.binds]
-    idmap = userns.plan(spec)
-    plan = Plan(spec=spec, sandbox_id=sandbox_id, idmap=idmap, rootfs_src=rootfs_src, bind_srcs=bind_srcs)
-    try:
-        _prepare_security(plan)
-        # Before the cgroup: mkdir there waits on cgroup_mutex while cgwarm's grace period runs,
-        # so everything that does not touch cgroups goes first.
-        _preload(plan)
-        if spec.resources.requested():
-            from . import cgroups
-            cgroups.check(sandbox_id, spec.resources)  # bad values refuse before anything exists
-        if spec.network == "bridge":
-            from . import netbridge  # pyroute2 is imported there, and only for bridge mode
-            plan.net = netbridge.prepare(spec, sandbox_id)
-    except BaseException:
-        release(plan)
-        raise
-    return plan
+def _resolve_exe(argv0: str, env: dict[str, str]) -> str | None:
+    """argv[0] on the sandbox's PATH (no shell): executable first, else one that exists (EACCES -> 126)."""
+    if "/" in argv0:
+        return argv0
+    dirs = env.get("PATH", "").split(":")
+    for d in dirs:
+        cand = os.path.join(d or ".", argv0)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    for d in dirs:
+        cand = os.path.join(d or ".", argv0)
+        if os.path.exists(cand):
+            return cand
+    return None
 
 
-def create_cgroup(plan: Plan) -> None:
-    """The sandbox's cgroup with every limit written (run() calls this once the setup child is busy)."""
-    spec = plan.spec
-    if not spec.resources.requested():
-        return
-    from . import cgroups
-    plan.cgroup = cgroups.create(plan.sandbox_id, spec.resources, degrade=spec.degrade)
-    if plan.cgroup is not None and getattr(plan.cgroup, "degraded", None):
-        for d in plan.cgroup.degraded:
-            plan.notes.append(f"degraded: {d} not enforced (profile allows degrade)")
-    plan.features["cgroup"] = cgroups.detect()
+# ============================================================ sbx
 
+class _Launch:
+    """sbx's side of one launch: the processes it knows of, and its record."""
 
-def _preload(plan: Plan) -> None:
-    """Import in the parent everything the sandbox processes will run.
+    def __init__(self, p: Plan, stderr) -> None:
+        self.p = p
+        self.stderr = stderr
+        self.chan = Channel()
+        self.setup_pid: int | None = None
+        self.init_pid: int | None = None
+        self.workload_pid: int | None = None
+        self.relay: Relay | None = None
+        self.fwd: process.Forwarder | None = None
+        self.warm: cgwarm.Warmer | None = None
+        self.record: dict = {}
 
-    After the id switch and pivot_root the children cannot read the Python
-    installation (it may live under a 0700 home, and is not in the new root),
-    so a lazy import there would fail.
-    """
-    from . import caps, initproc, mounts, net, rlimits  # noqa: F401
-    if plan.seccomp_bpf is not None:
-        from . import seccomp  # noqa: F401
-    if plan.landlock_rules is not None:
-        from . import landlock  # noqa: F401
-    if plan.mac is not None:
-        from . import mac  # noqa: F401
+    def start(self) -> None:
+        """Fork setup, then drive the sandbox to a verified, released workload (each line one stage)."""
+        p, chan = self.p, self.chan
+        assert p.idmap is not None
+        self.init_pid = chan.expect(protocol.INIT)[protocol.INIT]  # setup unshared and forked init
+        self._write_maps()
+        chan.give(protocol.MAPS_WRITTEN)
+        self._adopt_init()
+        create_cgroup(p)  # while init builds its mounts
+        self._record_cgroup()
+        chan.expect(protocol.WORKLOAD_FORKED)
+        self.workload_pid = self._the_workload()
+        self._join_cgroup()
+        chan.give(protocol.IN_CGROUP)
+        self._reap_stale_cgroups()  # while the sandbox finishes its setup, not before it starts
+        self.record["landlock_abi"] = chan.expect(protocol.READY)[protocol.READY].get("landlock_abi")
+        self._verify_workload()
+        chan.expect(protocol.INIT_CONFINED)
+        self._verify_init()
+        label = release_and_confirm(chan, p, self.workload_pid, "workload")
+        if p.confinement.mac is not None:
+            self.record["lsm_label"] = label
 
+    def _write_maps(self) -> None:
+        from . import userns
+        assert self.init_pid is not None and self.p.idmap is not None
+        userns.write_maps(self.init_pid, self.p.idmap)
+        if self.p.net is not None:
+            self.p.net.attach(self.init_pid)  # the veth goes in before anything runs there
+            self.record["network"] = self.p.net.describe()
 
-def _prepare_security(plan: Plan) -> None:
-    spec = plan.spec
-    sec = spec.security
-    if sec.seccomp != "unconfined":
-        from . import seccomp
-        plan.seccomp_bpf = seccomp.prepare(sec.seccomp, frozenset(sec.capabilities))
-        plan.features["seccomp"] = sec.seccomp
-    else:
-        plan.notes.append("seccomp: unconfined (requested)")
-    if sec.landlock != "off":
-        from . import landlock
-        lp = landlock.plan(spec)
-        if lp is None:
-            plan.notes.append("landlock: not available")
-        else:
-            plan.landlock_rules = lp.rules if hasattr(lp, "rules") else lp
-        plan.features["landlock_abi"] = landlock.abi_version()
-    if sec.apparmor != "off" or sec.selinux != "off":
-        from . import mac
-        mp = mac.prepare(sec, plan.sandbox_id)
-        plan.notes.extend(getattr(mp, "notes", []) or [])
-        if getattr(mp, "apparmor_profile", None) or getattr(mp, "selinux_context", None):
-            plan.mac = mp
+    def _adopt_init(self) -> None:
+        assert self.setup_pid is not None and self.init_pid is not None
+        process.reap(self.setup_pid)  # setup exits right after forking init, re-parented to us
+        self.setup_pid = None
+        process.Subreaper.leave()
+        if self.fwd is not None:
+            self.fwd.arm(self.init_pid)
 
+    def _record_cgroup(self) -> None:
+        if self.p.cgroup is not None:
+            self.record["cgroup"] = self.p.cgroup.describe()
+            for note in self.p.notes:
+                if note.startswith("degraded"):
+                    say(self.stderr, f"sbx: warning: {note}")
 
-def release(plan: Plan) -> None:
-    if plan.net is not None:
-        try:
-            plan.net.release()
-        except Exception:  # noqa: BLE001 - best effort; netbridge reaps leftovers on next start
-            pass
-        plan.net = None
-    if plan.cgroup is not None:
-        try:
-            plan.cgroup.destroy()
-        except Exception:  # noqa: BLE001 - best effort; reap_stale retries next start
-            pass
-        plan.cgroup = None
-    plan.idmap.release()
+    def _the_workload(self) -> int:
+        assert self.init_pid is not None
+        kids = facts.read_children(self.init_pid)  # host pids; init knows only its namespace's
+        if len(kids) != 1:
+            raise VerifyError(f"expected one workload process under the sandbox init, found {kids}")
+        return kids[0]
 
+    def _join_cgroup(self) -> None:
+        cg = self.p.cgroup
+        if cg is not None:
+            assert self.init_pid is not None and self.workload_pid is not None
+            cg.attach(self.init_pid)
+            cg.attach(self.workload_pid)  # forked before init was attached
+        if self.warm is not None:
+            self.warm.stop()
 
-def _read_msg(fd: int, buf: bytearray, deadline: float | None) -> dict | None:
-    """Next message from the status pipe; None on EOF."""
-    while len(buf) < 2 or len(buf) < 2 + int.from_bytes(buf[:2], "big"):
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SbxError("sandbox setup timed out")
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
-                raise SbxError("sandbox setup timed out")
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return None
-        buf.extend(chunk)
-    n = int.from_bytes(buf[:2], "big")
-    blob = bytes(buf[2:2 + n])
-    del buf[:2 + n]
-    try:
-        msg = marshal.loads(blob)
-    except (ValueError, EOFError, TypeError):
-        msg = None
-    if not isinstance(msg, dict):
-        return {"error": "garbled message from the sandbox", "code": EXIT_REFUSED}
-    return msg
+    def _reap_stale_cgroups(self) -> None:
+        if self.p.cgroup is not None:
+            _reap_stale_cgroups()
 
+    def _verify_workload(self) -> None:
+        from .verify import check
+        p = self.p
+        assert self.init_pid is not None and self.workload_pid is not None and p.idmap is not None
+        kids = facts.read_children(self.init_pid)
+        if kids != [self.workload_pid]:
+            raise VerifyError(f"expected one workload process ({self.workload_pid}) under the sandbox init, "
+                              f"found {kids}")
+        f = facts.read(self.workload_pid, host_pid=os.getpid())
+        v = check(p.spec, f, host_uid=p.idmap.host_uid(p.spec.uid), host_gid=p.idmap.host_gid(p.spec.gid),
+                  seccomp_expected=p.confinement.seccomp_bpf is not None, cgroup=p.cgroup)
+        self.record["verification"] = v.to_dict()
+        if not v.ok:
+            raise VerifyError("verification failed, workload killed before exec: " + "; ".join(v.problems))
 
-def _expect(chan: _Chan, buf: bytearray, key: str, early: list[dict]) -> dict:
-    """The next message carrying `key`.
+    def _verify_init(self) -> None:
+        from .verify import check_init
+        assert self.init_pid is not None
+        vi = check_init(self.init_pid)
+        if not vi.ok:
+            raise VerifyError("verification failed, workload killed before exec: " + "; ".join(vi.problems))
 
-    Setup and the workload write to the same pipe from different processes, so
-    the workload's "ready" can overtake setup's "init" (setup reports the init
-    pid only after forking it). Such an early message is kept in `early` for
-    the later _expect that wants it; errors are raised at once.
-    """
-    for i, m in enumerate(early):
-        if key in m:
-            return early.pop(i)
-    while True:
-        msg = _read_msg(chan.status_r, buf, time.monotonic() + SETUP_TIMEOUT)
-        if msg is None:
-            raise SbxError(f"sandbox setup died before '{key}'")
-        if "error" in msg:
-            raise _sandbox_error(msg)
-        if "exec_error" in msg:
-            raise _ExecError(msg)
-        if key in msg:
-            return msg
-        if not any(k in msg for k in ("init", "workload", "ready", "confined")):
-            raise SbxError(f"sandbox setup sent an unknown message {sorted(msg)}")
-        early.append(msg)
-
-
-def _pending_error(chan: _Chan, buf: bytearray, init_pid: int | None) -> SbxError | None:
-    """The error a failed sandbox process already sent, if any.
-
-    If init is gone, its last message is on its way: wait for it (up to 1 s,
-    EOF comes as soon as the namespace's processes are gone). If init still
-    runs, only what is already in the pipe counts.
-    """
-    gone = init_pid is None
-    if not gone:
-        try:
-            gone = facts.read_stat(init_pid).state in ("Z", "X")
-        except Exception:  # noqa: BLE001 - unreadable means gone
-            gone = True
-    deadline = time.monotonic() + (1.0 if gone else 0.05)
-    while True:
-        try:
-            if not gone and not select.select([chan.status_r], [], [], 0)[0] and len(buf) < 2:
-                return None
-            msg = _read_msg(chan.status_r, buf, deadline)
-        except (SbxError, OSError):
-            return None
-        if msg is None:
-            return None
-        if "error" in msg:
-            return _sandbox_error(msg)
-
-
-def _sandbox_error(msg: dict) -> SbxError:
-    e = SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED), where=msg.get("where"))
-    e.from_sandbox = True
-    return e
-
-
-def release_and_confirm(chan: _Chan, buf: bytearray, plan: Plan, pid: int, what: str) -> str | None:
-    """Let a verified, parked process exec; confirm it did, and check the LSM label it now carries.
-
-    Shared by the workload and `sbx exec`. EOF on the status pipe means the exec
-    happened (the process's end is close-on-exec); an exec failure raises
-    _ExecError, a missing label VerifyError. Returns the label in effect.
-    """
-    os.write(chan.ctl_w, b"G")
-    msg = _read_msg(chan.status_r, buf, time.monotonic() + SETUP_TIMEOUT)
-    if msg is not None and "exec_error" in msg:
-        raise _ExecError(msg)
-    if msg is not None and "error" in msg:
-        raise SbxError(msg["error"], code=msg.get("code", EXIT_REFUSED))
-    if plan.mac is None:
-        return None
-    from . import mac
-    from .verify import check_label
-    label, problem = check_label(pid, mac.expected_label(plan.mac))
-    if problem:
-        raise VerifyError(f"verification failed after exec, {what} killed: {problem}")
-    return label
-
-
-class _ExecError(Exception):
-    def __init__(self, msg: dict):
-        self.msg = msg
+    def abort(self, e: BaseException) -> BaseException | None:
+        """Kill what exists; return the sandbox's own error if it already sent one (it is the cause)."""
+        cause = None
+        if not isinstance(e, KeyboardInterrupt) and not getattr(e, "from_sandbox", False):
+            # A sandbox process that failed (say, init refusing a hostile rootfs) may already have said
+            # why while sbx tripped over its absence (a cgroup attach, a missing child).
+            cause = self.chan.pending_error(process.gone(self.init_pid))
+        # Setup reports init's pid right after forking it, so an init we do not know of can only
+        # exist if setup died mid-report; it then exits on the pipe's EOF.
+        for pid in (self.init_pid, self.setup_pid):
+            if pid is not None:
+                _kill_tree(pid, self.p)
+        if self.setup_pid is not None:
+            process.reap(self.setup_pid)
+            process.Subreaper.leave()
+            self.setup_pid = None
+        if self.init_pid is not None:
+            process.reap(self.init_pid)  # ours by now: setup is gone and we were its subreaper
+        return cause
 
 
 def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=None) -> Result:
     """Run one sandbox to completion. Raises SbxError for refusals (exit 125)."""
     sid = sandbox_id or os.urandom(32).hex()
     t0 = time.monotonic()
-    warm = cgwarm.take()  # the CLI starts one at its first line
-    if spec.resources.requested():
-        warm = warm or cgwarm.start()
-    elif warm is not None:
-        warm.stop()  # no cgroup for this sandbox
-        warm = None
+    warm = _warm_cgroup_lock(spec)
     try:
-        plan = prepare(spec, sid)
+        p = plan(spec, sid)
     except BaseException:
         if warm is not None:
             warm.stop()
         raise
-    record: dict = {"id": sid, "spec_digest": spec.digest(), "profile": spec.profile, "argv": list(spec.argv),
-                    "notes": plan.notes, "features": plan.features, "idmap": plan.idmap.describe(),
-                    "started": time.time()}
-    chan = _Chan()
-    parent = os.getpid()
-    relay = None
+    L = _Launch(p, stderr)
+    L.warm = warm  # stopped once the sandbox is in its cgroup
+    assert p.idmap is not None
+    L.record = {"id": sid, "spec_digest": spec.digest(), "profile": spec.profile, "argv": list(spec.argv),
+                "notes": p.notes, "features": p.features, "idmap": p.idmap.describe(), "started": time.time()}
     if _any_tty():
         from . import stdio  # only an interactive caller pays for the relay
-        relay = stdio.Relay.for_caller()
-    fwd = _Forwarder()
-    _subreaper(True)
-    try:
-        setup_pid = os.fork()
-    except OSError as e:
-        _subreaper(False)
-        fwd.restore()
-        if relay is not None:
-            relay.in_parent()
-            relay.close()
-        release(plan)
-        raise SbxError(f"fork failed: {e.strerror}") from None
-    if setup_pid == 0:
-        _setup_child(plan, chan, parent, relay)
-    chan.parent_close()
-    if relay is not None:
-        relay.in_parent()
-    buf = bytearray()
-    early: list[dict] = []
-    init_pid = workload_pid = None
-    setup_alive = True
-    timed_out = False
+        L.relay = stdio.Relay.for_caller()
+    L.fwd = process.Forwarder()
+    parent = os.getpid()
+    process.Subreaper.enter()
     try:
         try:
-            init_pid = _expect(chan, buf, "init", early)["init"]  # setup unshared and forked init
-            from . import userns
-            userns.write_maps(init_pid, plan.idmap)
-            if plan.net is not None:
-                plan.net.attach(init_pid)  # veth into the new net namespace, before anything runs there
-                record["network"] = plan.net.describe()
-            os.write(chan.ctl_w, b"2")
-            _reap(setup_pid)  # setup exits right after forking init, which is now re-parented to us
-            setup_alive = False
-            _subreaper(False)
-            fwd.arm(init_pid)
-            # Init builds its mounts while we create the cgroup; its workload waits for token 3.
-            create_cgroup(plan)
-            if plan.cgroup is not None:
-                record["cgroup"] = plan.cgroup.describe()
-                for note in plan.notes:
-                    if note.startswith("degraded"):
-                        _print(stderr, f"sbx: warning: {note}")
-            _expect(chan, buf, "workload", early)
-            kids = facts.read_children(init_pid)  # host pids; init knows only its own namespace's
-            if len(kids) != 1:
-                raise VerifyError(f"expected one workload process under the sandbox init, found {kids}")
-            workload_pid = kids[0]
-            if plan.cgroup is not None:
-                plan.cgroup.attach(init_pid)
-                plan.cgroup.attach(workload_pid)  # forked before init was attached
-            if warm is not None:
-                warm.stop()
-            os.write(chan.ctl_w, b"3")
-            if plan.cgroup is not None:
-                _reap_stale_cgroups()  # while the sandbox finishes its setup, not before it starts
-            ready = _expect(chan, buf, "ready", early)["ready"]
-            record["landlock_abi"] = ready.get("landlock_abi")
-            kids = facts.read_children(init_pid)
-            if kids != [workload_pid]:
-                raise VerifyError(f"expected one workload process ({workload_pid}) under the sandbox init, "
-                                  f"found {kids}")
-            f = facts.read(workload_pid, host_pid=parent)
-            from .verify import check, check_init
-            v = check(spec, f, host_uid=plan.idmap.host_uid(spec.uid), host_gid=plan.idmap.host_gid(spec.gid),
-                      seccomp_expected=plan.seccomp_bpf is not None, cgroup=plan.cgroup)
-            record["verification"] = v.to_dict()
-            if not v.ok:
-                raise VerifyError("verification failed, workload killed before exec: " + "; ".join(v.problems))
-            _expect(chan, buf, "confined", early)
-            vi = check_init(init_pid)
-            if not vi.ok:
-                raise VerifyError("verification failed, workload killed before exec: " + "; ".join(vi.problems))
-            label = release_and_confirm(chan, buf, plan, workload_pid, "workload")
-            if plan.mac is not None:
-                record["lsm_label"] = label
-        except _ExecError as e:
-            code = e.msg.get("code", EXIT_NOT_EXECUTABLE)
-            _print(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get('exec_error')}")
-            _reap(init_pid)
-            record.update(exit_code=code, finished=time.time())
-            return Result(code, sid, record)
+            L.setup_pid = os.fork()
+        except OSError as e:
+            process.Subreaper.leave()
+            if L.relay is not None:
+                L.relay.in_parent()
+            raise SbxError(f"fork failed: {e.strerror}") from None
+        if L.setup_pid == 0:
+            _setup_process(p, L.chan, parent, L.relay)
+        L.chan.parent_close()
+        if L.relay is not None:
+            L.relay.in_parent()
+        try:
+            L.start()
+        except ExecFailed as e:
+            say(stderr, f"sbx: {e.msg.get('argv0', '')}: {e.msg.get(protocol.EXEC_FAILED)}")
+            if L.init_pid is not None:
+                process.reap(L.init_pid)
+            L.record.update(exit_code=e.code, finished=time.time())
+            return Result(e.code, sid, L.record)
         except BaseException as e:
-            # A sandbox process that failed (say, init refusing a hostile rootfs) may already have
-            # said why while sbx tripped over its absence (a cgroup attach, a missing child): its
-            # own message is the one to report.
-            cause = _pending_error(chan, buf, init_pid) if isinstance(e, SbxError) and not e.from_sandbox \
-                else None
-            # Setup reports init's pid right after forking it, so an init we do not know of can
-            # only exist if setup died mid-report; it then exits on the pipe's EOF.
-            for p in (init_pid, setup_pid if setup_alive else None):
-                if p is not None:
-                    _kill_tree(p, plan)
-            if setup_alive:
-                _reap(setup_pid)
-                _subreaper(False)
-            if init_pid is not None:
-                _reap(init_pid)  # ours by now: setup is gone and we were its subreaper
+            cause = L.abort(e)
             if cause is not None:
                 raise cause from None
             raise
-        record["startup_ms"] = round((time.monotonic() - t0) * 1000, 2)
+        L.record["startup_ms"] = round((time.monotonic() - t0) * 1000, 2)
         if on_started is not None:
-            on_started(sid, init_pid, workload_pid, record=record)
-        status, timed_out = _wait(init_pid, spec.timeout, plan, relay)
-        from .initproc import status_to_code
-        code = EXIT_TIMEOUT if timed_out else status_to_code(status)
-        oom = False
-        if plan.cgroup is not None:
-            try:
-                oom = bool(plan.cgroup.oom_killed())
-                hits = plan.cgroup.pids_max_hits()
-                record["limits_hit"] = {"oom_kill": oom, "pids_max": hits}
-            except Exception as e:  # noqa: BLE001
-                record["limits_hit"] = {"error": str(e)}
-        if oom:
-            mem = spec.resources.memory
-            _print(stderr, f"sbx: sandbox {sid[:12]} was killed by the OOM killer at its memory limit"
-                           + (f" ({mem} bytes)" if mem else ""))
-        record.update(exit_code=code, finished=time.time(), timed_out=timed_out, oom_killed=oom)
-        return Result(code, sid, record, oom_killed=oom, timed_out=timed_out)
+            on_started(sid, L.init_pid, L.workload_pid, record=L.record)
+        assert L.init_pid is not None
+        return _finish(L, _wait(L.init_pid, spec.timeout, p, L.relay))
     finally:
         if warm is not None:
             warm.stop()
-        if relay is not None:
-            relay.close()
-        fwd.restore()
-        _close(chan.ctl_w)
-        _close(chan.status_r)
-        release(plan)
+        if L.relay is not None:
+            L.relay.close()
+        L.fwd.restore()
+        L.chan.close()
+        release(p)
+
+
+def _warm_cgroup_lock(spec: Spec):
+    warm = cgwarm.take()  # the CLI starts one at its first line
+    if spec.resources.requested():
+        return warm or cgwarm.start()
+    if warm is not None:
+        warm.stop()  # no cgroup for this sandbox
+    return None
+
+
+def _finish(L: _Launch, waited: tuple[int, bool]) -> Result:
+    from .initproc import status_to_code
+    status, timed_out = waited
+    p, record = L.p, L.record
+    code = EXIT_TIMEOUT if timed_out else status_to_code(status)
+    oom = False
+    if p.cgroup is not None:
+        try:
+            oom = bool(p.cgroup.oom_killed())
+            record["limits_hit"] = {"oom_kill": oom, "pids_max": p.cgroup.pids_max_hits()}
+        except Exception as e:  # noqa: BLE001
+            record["limits_hit"] = {"error": str(e)}
+    if oom:
+        mem = p.spec.resources.memory
+        say(L.stderr, f"sbx: sandbox {p.sandbox_id[:12]} was killed by the OOM killer at its memory limit"
+                         + (f" ({mem} bytes)" if mem else ""))
+    record.update(exit_code=code, finished=time.time(), timed_out=timed_out, oom_killed=oom)
+    return Result(code, p.sandbox_id, record, oom_killed=oom, timed_out=timed_out)
+
+
+def release_and_confirm(chan: Channel, p: Plan, pid: int, what: str) -> str | None:
+    """Let a verified, parked process exec; confirm it did, and check the LSM label it now carries.
+
+    Shared by the workload and `sbx exec`. EOF on the status pipe means the exec
+    happened; an exec failure raises ExecFailed, a missing label VerifyError.
+    Returns the label in effect.
+    """
+    chan.give(protocol.RELEASE)
+    chan.after_release()
+    if p.confinement.mac is None:
+        return None
+    from . import mac
+    from .verify import check_label
+    label, problem = check_label(pid, mac.expected_label(p.confinement.mac))
+    if problem:
+        raise VerifyError(f"verification failed after exec, {what} killed: {problem}")
+    return label
 
 
 def _reap_stale_cgroups() -> None:
-    """Remove the cgroups a SIGKILLed sbx left behind.
-
-    Done while init and the workload finish their setup (the parent only waits
-    then) rather than before the start: leftovers never collide with a new
-    sandbox (ids are unique), so nothing needs them gone first.
-    """
+    """Remove the cgroups a SIGKILLed sbx left behind (never in the way of a new sandbox: ids are unique)."""
     from . import cgroups
     try:
         cgroups.reap_stale()
@@ -752,7 +656,7 @@ def _reap_stale_cgroups() -> None:
         pass
 
 
-def _print(stream, text: str) -> None:
+def say(stream, text: str) -> None:
     if not text:
         return
     stream = stream or sys.stderr
@@ -763,105 +667,17 @@ def _print(stream, text: str) -> None:
         pass
 
 
-def _kill_tree(pid: int, plan: Plan) -> None:
+def _kill_tree(pid: int, p: Plan) -> None:
     # SIGKILL on init takes the whole pid namespace with it.
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    if plan.cgroup is not None:
+    if p.cgroup is not None:
         try:
-            plan.cgroup.kill_all()
+            p.cgroup.kill_all()
         except Exception:  # noqa: BLE001
             pass
-
-
-_reaper = {"users": 0, "was_set": False}
-_reaper_lock = _thread.allocate_lock()
-
-
-def _subreaper(on: bool) -> None:
-    """Be a child subreaper while some run() is between forking setup and adopting its init.
-
-    Counted, for concurrent run() calls from several threads; a process that was
-    a subreaper already (a service manager, say) is left as it was.
-    """
-    with _reaper_lock:
-        before = _reaper["users"]
-        after = max(0, before + (1 if on else -1))
-        _reaper["users"] = after
-        if before == 0 and after > 0:
-            _reaper["was_set"] = _is_subreaper()
-            if not _reaper["was_set"]:
-                sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-        elif before > 0 and after == 0 and not _reaper["was_set"]:
-            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 0)
-
-
-def _is_subreaper() -> bool:
-    import ctypes
-    val = ctypes.c_int(0)
-    sc.libc().prctl(ctypes.c_int(sc.PR_GET_CHILD_SUBREAPER), ctypes.byref(val), 0, 0, 0)
-    return bool(val.value)
-
-
-def _reap(pid: int) -> int:
-    while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return 0
-
-
-_FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-            signal.SIGWINCH)
-
-
-class _Forwarder:
-    """Signals to sbx go to the sandbox's init (which forwards them to the workload).
-
-    Installed before the first fork, so a SIGTERM that arrives while the
-    sandbox is starting is not lost (nor kills sbx and, through the
-    parent-death signal, the sandbox): it is held until init exists.
-    Only in the main thread (the API may run sandboxes from worker threads).
-    """
-
-    def __init__(self) -> None:
-        self._owner = os.getpid()
-        self.target: int | None = None
-        self.pending: list[int] = []
-        self.old: dict = {}
-        try:
-            first = signal.getsignal(_FORWARD[0])
-            signal.signal(_FORWARD[0], first)
-        except ValueError:
-            return  # not the main thread: Python delivers signals only there, leave handlers alone
-        for sig in _FORWARD:
-            self.old[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signo, _frame) -> None:
-        if os.getpid() != self._owner:
-            return  # a forked sandbox process before it reset its handlers
-        # The sandbox is a session of its own: a terminal's ^C reaches only sbx, which passes it on.
-        if self.target is None:
-            self.pending.append(signo)
-            return
-        try:
-            os.kill(self.target, signo)
-        except ProcessLookupError:
-            pass
-
-    def arm(self, init_pid: int) -> None:
-        self.target = init_pid
-        while self.pending:
-            self._on_signal(self.pending.pop(0), None)
-
-    def restore(self) -> None:
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-        self.old = {}
 
 
 def _any_tty() -> bool:
@@ -874,31 +690,23 @@ def _any_tty() -> bool:
     return False
 
 
-def _wait(pid: int, timeout: float | None, plan: Plan, relay=None) -> tuple[int, bool]:
+def _wait(pid: int, timeout: float | None, p: Plan, relay: Relay | None = None) -> tuple[int, bool]:
     """Wait for the sandbox (relaying its streams, see sandbox.stdio) and enforce --timeout.
 
     Returns (status, timed_out).
     """
-    pidfd = os.pidfd_open(pid)
-    try:
-        if relay is not None:
-            from . import stdio
+    if relay is not None:
+        from . import stdio
+        pidfd = os.pidfd_open(pid)
+        try:
             ended = stdio.wait(pidfd, relay, timeout or None)
-        else:
-            deadline = time.monotonic() + timeout if timeout else None
-            while True:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if select.select([pidfd], [], [], left)[0]:
-                    ended = True
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    ended = False
-                    break
-        if not ended:
-            _kill_tree(pid, plan)
-        status = _reap(pid)
-        if relay is not None:
-            relay.drain()
-        return status, not ended
-    finally:
-        os.close(pidfd)
+        finally:
+            os.close(pidfd)
+    else:
+        ended = process.wait_exit(pid, timeout or None)
+    if not ended:
+        _kill_tree(pid, p)
+    status = process.reap(pid)
+    if relay is not None:
+        relay.drain()
+    return status, not ended

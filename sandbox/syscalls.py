@@ -76,9 +76,9 @@ PR_SET_SECUREBITS = 28
 # x86_64 syscall numbers (generic numbers for the newer calls are the same on all arches).
 _NR = {
     "x86_64": {"pivot_root": 155, "setns": 308, "unshare": 272, "open_tree": 428, "move_mount": 429,
-               "openat2": 437, "mount_setattr": 442, "capset": 126, "capget": 125},
+               "openat2": 437, "mount_setattr": 442, "capset": 126, "capget": 125, "close_range": 436},
     "aarch64": {"pivot_root": 41, "setns": 268, "unshare": 97, "open_tree": 428, "move_mount": 429,
-                "openat2": 437, "mount_setattr": 442, "capset": 91, "capget": 90},
+                "openat2": 437, "mount_setattr": 442, "capset": 91, "capget": 90, "close_range": 436},
 }
 
 _libc = None
@@ -147,6 +147,22 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(libc().prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                                ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), "prctl")
+
+
+def prctl_get_int(option: int) -> int:
+    """A prctl that stores an int through its second argument (PR_GET_CHILD_SUBREAPER, ...)."""
+    val = ctypes.c_int(0)
+    _check(libc().prctl(ctypes.c_int(option), ctypes.byref(val), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                        ctypes.c_ulong(0)), "prctl")
+    return val.value
+
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+
+def close_range(first: int, last: int, flags: int = 0) -> None:
+    _check(libc().syscall(ctypes.c_long(_nr("close_range")), ctypes.c_uint(first), ctypes.c_uint(last),
+                          ctypes.c_uint(flags)), "close_range")
 
 
 RLIM_INFINITY = (1 << 64) - 1

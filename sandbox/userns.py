@@ -51,6 +51,13 @@ class IdPlan:
     def describe(self) -> dict:
         return {"uid_map": self.uid_map, "gid_map": self.gid_map, "rootless": self.rootless, "slot": self.slot}
 
+    def become_root(self) -> None:
+        """In init, once its maps exist: root of the namespace (a rootless map has only one id, kept)."""
+        if not self.rootless:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            os.setgroups([])
+
 
 def outside(idmap, inside: int) -> int | None:
     """Host id for `inside` under an id map given as (inside, outside, count) rows."""
