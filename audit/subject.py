@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from sandbox import facts
+from sandbox import facts, posture
 
 # Paths runtimes mask in /proc and /sys (Docker/podman/runc defaults). Checked only
 # where the kernel actually has them.
@@ -483,18 +483,14 @@ def subject_from_facts(pfacts: facts.ProcFacts, host, comms: list[str] | None = 
     cache = cache or _Cache()
     st = pfacts.status
     pid = pfacts.pid
-    shared = frozenset(k for k in ("pid", "net", "ipc", "uts", "user", "cgroup", "mnt")
-                       if k in pfacts.ns and pfacts.ns.get(k) == host.ns.get(k))
-    userns = "user" not in shared
-    # /proc/PID/status shows the ids as the host sees them; the container's own are found
-    # through its id maps (read from the host, they map inside -> host ids).
-    host_uid, host_gid = st.uid[1], st.gid[1]
-    if userns:
-        uid = facts.inside_id(pfacts.uid_map, host_uid) if pfacts.uid_map else None
-        gid = facts.inside_id(pfacts.gid_map, host_gid) if pfacts.gid_map else None
-    else:
-        uid, gid = host_uid, host_gid
-    root_host = facts.maps_host_root(pfacts.uid_map) if pfacts.uid_map else not userns
+    # The one posture model (sandbox.posture): identity in and out of the user namespace,
+    # capabilities, no_new_privs, seccomp, label and shared namespaces, as verify reads them.
+    pos = posture.observed(pfacts, reference_ns=host.ns)
+    ident = pos.identity
+    shared = pos.shared_namespaces
+    userns = ident.own_userns
+    host_uid, host_gid, uid, gid = ident.host_uid, ident.host_gid, ident.uid, ident.gid
+    root_host = ident.maps_host_root() if (pfacts.uid_map or not userns) else False
     view = _View(facts.visible_mounts(pfacts.mounts))
     root_m = view.at.get("/")
     host_keys = host.mount_keys()
@@ -593,73 +589,64 @@ def subject_from_facts(pfacts: facts.ProcFacts, host, comms: list[str] | None = 
 def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None = None) -> Subject:
     """What a sandbox launched from `spec` (sandbox.spec.Spec) will look like.
 
-    sbx always creates user, pid, mount, net, uts, ipc and cgroup namespaces and
-    never maps an id to host root; it mounts a fresh /proc with the Spec's masks
-    and /proc/sys read-only, a minimal /dev, and no cgroupfs.
+    Built from the same functions launch uses, not from copies of its logic:
+    sandbox.posture.planned (identity, capabilities, no_new_privs, seccomp,
+    namespaces), sandbox.mounts.planned (the mount plan) and sandbox.mac
+    (the label). sbx never maps an id to host root, mounts a fresh /proc with
+    the Spec's masks and /proc/sys read-only, a minimal /dev, and no cgroupfs.
     """
+    from sandbox import mac, mounts as sbx_mounts
+
     sec = spec.security
     fs = spec.filesystem
-    caps = frozenset(c.upper().removeprefix("CAP_") for c in sec.capabilities)
-    mounts = [MountView(source=fs.rootfs or "host-view", target="/", readonly=fs.read_only, fstype="rootfs",
-                        shared=False, bind=False)]
-    from .hostinfo import find_runtime_sockets, read_host  # noqa: F401 - sockets matter for binds
+    pos = posture.planned(spec)
+    plan = sbx_mounts.planned(spec)
+    from .hostinfo import find_runtime_sockets
     host_socks = []
     try:
         host_socks = find_runtime_sockets(facts.read_mountinfo("self"))
     except (facts.ProcessGone, OSError):
         pass
-    if fs.rootfs is None:
-        # host-view root: read-only binds of the host's system directories (sandbox.mounts.HOST_TOP).
-        for top in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-            path = "/" + top
-            if os.path.isdir(path) and not os.path.islink(path):
-                mounts.append(MountView(source=path, target=path, readonly=True, fstype="bind",
-                                        shared=False, bind=True))
-        for name in fs.etc_files:
-            path = os.path.join("/etc", name.strip("/"))
-            # Directories are bound read-only, files copied (sandbox.mounts): only binds are mounts.
-            if ".." not in name.split("/") and os.path.isdir(path) and not os.path.islink(path):
-                mounts.append(MountView(source=path, target=path, readonly=True, fstype="bind",
-                                        shared=False, bind=True))
-    for b in fs.binds:
+    views = []
+    for pm in plan.mounts:
+        if not pm.bind:
+            if pm.target == "/":
+                views.append(MountView(source=pm.source, target="/", readonly=pm.readonly, fstype="rootfs",
+                                       shared=False, bind=False))
+            continue
         sock = None
         try:
-            st = os.stat(b.source)
-            for s in host_socks:
+            st = os.stat(pm.source)
+            for s_ in host_socks:
                 # A bind of the socket itself or of a directory above it: same object either way.
-                if (st.st_dev, st.st_ino) == (s.dev, s.ino) or (
-                        os.path.isdir(b.source) and s.path.startswith(os.path.realpath(b.source).rstrip("/") + "/")):
-                    sock = s.runtime
+                if (st.st_dev, st.st_ino) == (s_.dev, s_.ino) or (
+                        os.path.isdir(pm.source) and s_.path.startswith(os.path.realpath(pm.source).rstrip("/") + "/")):
+                    sock = s_.runtime
         except OSError:
             pass
-        mounts.append(MountView(source=os.path.normpath(b.source), target=b.target, readonly=b.readonly,
-                                fstype="bind", shared=False, bind=True, runtime_socket=sock,
-                                socket_path=b.target if sock else None))
+        views.append(MountView(source=pm.source, target=pm.target, readonly=pm.readonly, fstype="bind",
+                               shared=False, bind=True, runtime_socket=sock,
+                               socket_path=pm.target if sock else None))
     masks = set(fs.masked_paths)
     missing = tuple(p for p in PROC_MASKS if p not in masks and os.path.exists(p))
-    label = None
-    if sec.selinux_type:
-        label = f"system_u:system_r:{sec.selinux_type}:s0"
-    elif sec.apparmor_profile:
-        label = f"{sec.apparmor_profile} (enforce)"
     r = spec.resources
     cpu = r.cpus if r.cpus and r.cpus > 0 else None
     mem = r.memory if r.memory and r.memory > 0 else None
     pids = r.pids_limit if r.pids_limit and r.pids_limit > 0 else None
     ports = tuple(f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.proto}" for p in spec.ports)
+    ident = pos.identity
     return Subject(
         name=spec.name or "", runtime="sbx",
-        uid=spec.uid, gid=spec.gid, host_uid=None, userns=True, root_maps_host_root=False,
-        # Docker's semantics (sandbox.caps.drop): the kept set is effective for uid 0 only.
-        cap_eff=caps if spec.uid == 0 else frozenset(), cap_prm=caps if spec.uid == 0 else frozenset(),
-        cap_bnd=caps, cap_amb=frozenset(),
-        cap_all=all_caps(),
-        no_new_privs=sec.no_new_privs, seccomp=0 if sec.seccomp == "unconfined" else 2,
-        lsm_label=label, mac_enabled=mac_enabled,
-        host_namespaces=frozenset(), mounts=tuple(mounts), proc_mounted=True,
-        proc_masks_missing=missing, proc_sys_writable="/proc/sys" not in fs.readonly_paths,
+        uid=ident.uid, gid=ident.gid, host_uid=None, userns=ident.own_userns,
+        root_maps_host_root=False,  # sbx never maps an id to host root (verify refuses otherwise)
+        cap_eff=_names(pos.caps["CapEff"]), cap_prm=_names(pos.caps["CapPrm"]), cap_bnd=_names(pos.caps["CapBnd"]),
+        cap_amb=_names(pos.caps["CapAmb"]), cap_all=all_caps(),
+        no_new_privs=pos.no_new_privs, seccomp=pos.seccomp,
+        lsm_label=mac.planned_label(sec), mac_enabled=mac_enabled,
+        host_namespaces=pos.shared_namespaces, mounts=tuple(views), proc_mounted=True,
+        proc_masks_missing=missing, proc_sys_writable="/proc/sys" not in plan.readonly_paths,
         sysfs_writable=False,
-        root_readonly=fs.read_only, root_is_host_root=False,
+        root_readonly=plan.root_readonly, root_is_host_root=False,
         cgroupfs_writable=(), cgroup_v1_release_agent=False, devices=(), devices_cgroup_all=False,
         memory_limit=mem, pids_limit=pids, cpu_limit=cpu,
         processes=(os.path.basename(spec.argv[0]),) if spec.argv else (),

@@ -22,7 +22,6 @@ import signal
 from . import facts, launch, process, protocol, state, syscalls as sc
 from .errors import SbxError, VerifyError
 from .spec import Spec, spec_from_dict
-from .userns import outside
 
 # setns order: the user namespace first (it gives us the capabilities that own all the others).
 ENTER_ORDER = ("user", "mount", "net", "uts", "ipc", "cgroup")
@@ -150,9 +149,7 @@ def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -
     from .verify import check
     idmap = entry.state.get("idmap") or {}
     f = facts.read(pid, host_pid=os.getpid())
-    v = check(spec, f, host_uid=outside(idmap.get("uid_map"), spec.uid),
-              host_gid=outside(idmap.get("gid_map"), spec.gid), seccomp_expected=plan.confinement.seccomp_bpf is not None,
-              cgroup=cg)
+    v = check(spec, f, uid_map=idmap.get("uid_map") or (), gid_map=idmap.get("gid_map") or (), cgroup=cg)
     want = facts.read_ns(init_pid)
     for ns in ("user", "mnt", "pid", "net", "uts", "ipc", "cgroup"):
         v.need(f"same {ns} namespace as the sandbox", f.ns.get(ns) == want.get(ns) and ns in want,

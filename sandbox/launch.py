@@ -502,8 +502,7 @@ class _Launch:
             raise VerifyError(f"expected one workload process ({self.workload_pid}) under the sandbox init, "
                               f"found {kids}")
         f = facts.read(self.workload_pid, host_pid=os.getpid())
-        v = check(p.spec, f, host_uid=p.idmap.host_uid(p.spec.uid), host_gid=p.idmap.host_gid(p.spec.gid),
-                  seccomp_expected=p.confinement.seccomp_bpf is not None, cgroup=p.cgroup)
+        v = check(p.spec, f, uid_map=p.idmap.uid_map, gid_map=p.idmap.gid_map, cgroup=p.cgroup)
         self.record["verification"] = v.to_dict()
         if not v.ok:
             raise VerifyError("verification failed, workload killed before exec: " + "; ".join(v.problems))

@@ -212,6 +212,29 @@ def _check_level(name: str, level: str) -> None:
                        where=f"security.{name}")
 
 
+def apparmor_profile_of(sec: Security) -> str:
+    """The AppArmor profile a workload of `sec` runs under (where AppArmor is on)."""
+    return sec.apparmor_profile or DEFAULT_APPARMOR_PROFILE
+
+
+def selinux_type_of(sec: Security) -> str:
+    """The SELinux domain a workload of `sec` runs in (where SELinux is on)."""
+    return sec.selinux_type or DEFAULT_SELINUX_TYPE
+
+
+def planned_label(sec: Security) -> str | None:
+    """The label launch will put on a workload of `sec` on this host, for admission's posture.
+
+    The per-sandbox MCS level is not known before launch: "s0" stands for it
+    (policies match SELinux types, not levels). None where neither LSM applies.
+    """
+    if sec.selinux != OFF and selinux_enabled():
+        return f"{SELINUX_USER_ROLE}:{selinux_type_of(sec)}:{sec.selinux_level or 's0'}"
+    if sec.apparmor != OFF and apparmor_enabled() and apparmor_profile_of(sec) != "unconfined":
+        return f"{apparmor_profile_of(sec)} (enforce)"
+    return None
+
+
 def prepare(sec: Security, sandbox_id: str) -> MacPlan:
     """Decide the exec label(s) for one sandbox; refuse when a required LSM is absent."""
     _check_level("apparmor", sec.apparmor)
@@ -221,7 +244,7 @@ def prepare(sec: Security, sandbox_id: str) -> MacPlan:
         if not apparmor_enabled():
             _unavailable("AppArmor", sec.apparmor, "it is not enabled in this kernel", plan)
         else:
-            profile = sec.apparmor_profile or DEFAULT_APPARMOR_PROFILE
+            profile = apparmor_profile_of(sec)
             if profile == "unconfined":
                 plan.notes.append("apparmor: unconfined (requested)")
             else:
@@ -251,7 +274,7 @@ def prepare(sec: Security, sandbox_id: str) -> MacPlan:
             if libselinux() is None:  # loaded here, in the parent: the child cannot import after pivot_root
                 raise SbxError("SELinux is enabled but the libselinux Python bindings are missing "
                                "(apt-get install python3-selinux)", where="selinux")
-            typ = sec.selinux_type or DEFAULT_SELINUX_TYPE
+            typ = selinux_type_of(sec)
             level = sec.selinux_level or mcs_level()
             ctx = f"{SELINUX_USER_ROLE}:{typ}:{level}"
             try:

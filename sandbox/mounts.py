@@ -544,23 +544,131 @@ def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
         sources.close()
 
 
-def expected_mountpoints(spec: Spec) -> tuple[frozenset[str], tuple[str, ...]]:
-    """Where sbx mounts things in this sandbox: (exact mountpoints, prefixes whose submounts are expected).
+@record(frozen=True)
+class PlannedMount:
+    target: str
+    source: str  # a host path for binds, else the filesystem ("tmpfs", "proc", ...)
+    readonly: bool
+    bind: bool  # a host path made visible
 
-    Verification compares the workload's mountinfo with this: a mount anywhere
-    else (a host tree that leaked above the root, a tmpfs that landed outside
-    the sandbox) fails the launch.
-    """
+
+@record(frozen=True)
+class MountPlan:
+    """Where this sandbox gets mounts (what setup() makes), for verify and for admission's posture."""
+
+    mounts: tuple[PlannedMount, ...]
+    exact: frozenset[str]  # every mountpoint sbx makes
+    trees: tuple[str, ...]  # recursive binds: submounts below these are the host's own ("/usr/")
+    root_readonly: bool
+    readonly_paths: tuple[str, ...]  # /proc paths made read-only
+    masked_paths: tuple[str, ...]
+    binds: tuple[tuple[str, bool], ...]  # (target, readonly) of -v binds
+    host_root_binds: frozenset[str]  # bind targets whose source is the host's / (asked for)
+
+    def differences(self, mounts, pid: int, checked: list[str] | None = None) -> list[tuple[str, str]]:
+        """(control, problem) for every way the workload's mount table differs from the plan.
+
+        What a hostile root filesystem breaks when a mount is misplaced: the host's
+        mount tree stacked around the sandbox's root (`/..` is the host's /), or a
+        tmpfs over the host root. No mount may expose the host's root file system
+        at its top either, unless a bind asked for exactly that.
+        """
+        out: list[tuple[str, str]] = []
+        if checked is not None:
+            checked.extend(("root mount", "mount table", "host root not mounted", "fresh /proc", "masked paths")
+                           + (("read-only root",) if self.root_readonly else ())
+                           + (("read-only /proc/sys",) if "/proc/sys" in self.readonly_paths else ())
+                           + tuple(f"bind {t}" for t, _ in self.binds))
+
+        def at(path: str):
+            found = None
+            for m in mounts:
+                if m.mountpoint == path:
+                    found = m
+            return found
+
+        roots = [m for m in mounts if m.mountpoint == "/"]
+        if not (len(roots) == 1 and roots[0].source == ROOT_SOURCE):
+            out.append(("root mount", f"expected one {ROOT_SOURCE} mount at /, found "
+                        + (", ".join(f"{m.fstype} {m.source}" for m in roots) or "none")))
+        stray = [m.mountpoint for m in mounts if m.mountpoint not in self.exact
+                 and not m.mountpoint.startswith(self.trees)]
+        if stray:
+            out.append(("mount table", f"mounts sbx did not make: {', '.join(stray[:5])}"
+                        + (f" (+{len(stray) - 5} more)" if len(stray) > 5 else "")))
+        st = os.stat("/")
+        host_root = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        exposed = [m.mountpoint for m in mounts if m.dev == host_root and m.root == "/"
+                   and m.mountpoint not in self.host_root_binds]
+        if exposed:
+            out.append(("host root not mounted", f"the host's root file system is mounted at {', '.join(exposed[:5])}"))
+        root = at("/")
+        if self.root_readonly and not (root is not None and root.readonly):
+            out.append(("read-only root", "root is writable"))
+        if "/proc/sys" in self.readonly_paths:
+            sysm = at("/proc/sys")
+            if not (sysm is not None and sysm.readonly):
+                out.append(("read-only /proc/sys", "/proc/sys is writable"))
+        proc = at("/proc")
+        if not (proc is not None and proc.fstype == "proc"):
+            out.append(("fresh /proc", "no proc mount at /proc"))
+        for p in self.masked_paths:
+            if p.startswith("/proc/") and at(p) is None and facts_exists_in(pid, p):
+                out.append((f"masked path {p}", "not masked"))
+        for target, ro in self.binds:
+            m = at(target)
+            if m is None:
+                out.append((f"bind {target}", "missing"))
+            elif m.readonly != ro:
+                out.append((f"bind {target}", f"is {'ro' if m.readonly else 'rw'}, wanted {'ro' if ro else 'rw'}"))
+        return out
+
+
+def facts_exists_in(pid: int, path: str) -> bool:
+    """Does `path` exist in the workload's view? Only /proc paths are asked, and that /proc is ours."""
+    from . import facts
+    return facts.stat_in_root(pid, path) is not None
+
+
+def planned(spec: Spec) -> MountPlan:
+    """The mounts setup() will make for `spec` (host-view tops and /etc binds as this host has them)."""
     fs = spec.filesystem
+    ms = [PlannedMount("/", fs.rootfs or "host-view", fs.read_only, False),
+          PlannedMount("/tmp", "tmpfs", False, False), PlannedMount("/proc", "proc", False, False),
+          PlannedMount("/dev", "tmpfs", True, False)]
     exact = {"/", "/tmp", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"}
     exact.update("/dev/" + n for n in DEV_NODES)
     exact.update(p for p in fs.readonly_paths + fs.masked_paths if p.startswith("/proc/"))
-    trees = [b.target for b in fs.binds]
+    trees = []
     if fs.sys:
         exact.add("/sys")
         exact.update(p for p in fs.masked_paths if p.startswith("/sys/"))
+        ms.append(PlannedMount("/sys", "sysfs", True, False))
     if fs.rootfs is None:
-        trees.extend("/" + n for n in HOST_TOP)
-        trees.extend("/etc/" + n.strip("/") for n in fs.etc_files)
+        for name in HOST_TOP:
+            host = "/" + name
+            if os.path.isdir(host) and not os.path.islink(host):
+                trees.append(host)
+                ms.append(PlannedMount(host, host, True, True))
+        for name in fs.etc_files:
+            name = name.strip("/")
+            host = "/etc/" + name
+            if name and "/" not in name and os.path.isdir(host) and not os.path.islink(host):
+                trees.append(host)
+                ms.append(PlannedMount(host, host, True, True))
+    for b in fs.binds:
+        trees.append(b.target)
+        ms.append(PlannedMount(b.target, os.path.normpath(b.source), b.readonly, True))
     exact.update(trees)
-    return frozenset(exact), tuple(t.rstrip("/") + "/" for t in trees)
+    return MountPlan(
+        mounts=tuple(ms), exact=frozenset(exact), trees=tuple(t.rstrip("/") + "/" for t in trees),
+        root_readonly=fs.read_only, readonly_paths=fs.readonly_paths, masked_paths=fs.masked_paths,
+        binds=tuple((b.target, b.readonly) for b in fs.binds),
+        host_root_binds=frozenset(b.target for b in fs.binds if os.path.realpath(b.source) == "/"),
+    )
+
+
+def expected_mountpoints(spec: Spec) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(every mountpoint sbx makes, prefixes whose submounts are expected): planned(spec)'s view."""
+    mp = planned(spec)
+    return mp.exact, mp.trees

@@ -63,7 +63,10 @@ def test_spec_and_live_sandbox_give_the_same_ids():
     try:
         live = []
         for _ in range(100):
-            live = [r for r in audit(runtime="sbx") if "sleep" in r.container.comms.values()]
+            # This test's own sandbox: its init is a child of the sbx process started above
+            # (other sandboxes on this host may run sleep too).
+            live = [r for r in audit(runtime="sbx") if "sleep" in r.container.comms.values()
+                    and any(_ppid(q) == p.pid for q in r.container.pids)]
             if live or p.poll() is not None:
                 break
             time.sleep(0.05)
@@ -78,3 +81,11 @@ def test_spec_and_live_sandbox_give_the_same_ids():
     finally:
         p.kill()  # the sbx parent; its sandbox dies with it (parent-death signal), then reaped
         p.wait(timeout=10)
+
+
+def _ppid(pid) -> int | None:
+    from sandbox import facts
+    try:
+        return facts.read_stat(pid).ppid
+    except Exception:  # noqa: BLE001 - gone
+        return None
