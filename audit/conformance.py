@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field, replace
 
+from sandbox import namespaces
+
 from . import predicates as P
 from .checks import Finding
 from .policy import Policy
@@ -108,7 +110,7 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
         if not ((aa and aa_name in aa) or (se and se_type in se)):
             out.append(_f("SBX-P024", f"LSM label {label or 'none'!r} is not allowed", label=label))
 
-    shared_ok = set(policy.get("namespaces.host_shared_allowed", []) or [])
+    shared_ok = {namespaces.proc_name(n) or n for n in policy.get("namespaces.host_shared_allowed", []) or []}
     for ns in sorted(set(s.host_namespaces) - shared_ok - {"time"}):
         out.append(_f("SBX-P030", f"{ns} namespace is shared with the host", namespace=ns))
 
@@ -150,7 +152,7 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
 
 
 def _resources(policy: Policy, s: Subject, spec) -> list[Finding]:
-    from sandbox.profiles import parse_size
+    from sandbox.values import parse_size
     out = []
     # (policy key, rule, what the Subject measured, how the policy writes its maximum, how to show it)
     for key, rule, have, parse, show in (
@@ -228,7 +230,7 @@ def check_target(policy: Policy, target: str) -> list[Finding]:
         from .subject import subject_from_spec
         spec = resolve(["/bin/true"], profile=target[len("profile:"):])
         found = evaluate(policy, subject_from_spec(spec), spec=spec)
-        return apply_waivers(policy, found, {"name": spec.name or "", "runtime": "sbx"}).findings
+        return apply_waivers(policy, found, {"name": "", "runtime": "sbx"}).findings
     from .scan import audit
     pid = None
     ref: str | None = target

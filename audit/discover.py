@@ -24,11 +24,11 @@ import re
 import shutil
 from dataclasses import dataclass, field
 
-from sandbox import facts
+from sandbox import facts, namespaces
 from sandbox.errors import SbxError
 
 # Kinds compared to decide "namespaced". time ns rarely differs and is not isolation.
-GROUP_NS = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup")
+GROUP_NS = namespaces.PROC_NAMES  # the kinds a container may have of its own
 
 # Reaping inits that only forward signals. Only a tie-break: a process named so is still
 # judged when it is the most privileged one (the name is the process's own choice).

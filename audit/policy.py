@@ -25,12 +25,14 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from sandbox import namespaces
 from sandbox.errors import SpecError
+from sandbox.values import cap_bare
 from sandbox.facts import CAP_NAMES
 from sandbox.yamlmarks import Doc, check_schema, get_path, load
 
 LEVELS = ("required", "optional", "forbidden")
-NS_NAMES = ("pid", "net", "ipc", "uts", "user", "cgroup", "mnt")
+NS_NAMES = namespaces.PROC_NAMES  # the kernel's spelling ("mnt"); "mount" is accepted too
 NET_MODES = ("none", "loopback", "bridge", "host")
 NET_FAMILIES = ("unix", "inet", "inet6", "netlink", "packet")
 # Paths and names end up inside AppArmor / CIL / JSON text: only this alphabet gets through.
@@ -114,8 +116,7 @@ class Policy:
 
 
 def _cap(c: str) -> str:
-    n = str(c).upper()
-    return n[4:] if n.startswith("CAP_") else n
+    return cap_bare(c)
 
 
 def _range(text) -> tuple[int, int]:
@@ -210,7 +211,7 @@ def lint(path: str, text: str | None = None) -> tuple[Policy | None, list[SpecEr
         if m not in NET_MODES:
             errors.append(doc.error(f"network.allowed_modes[{i}]", f"unknown mode {m!r}{_suggest(str(m), NET_MODES)}"))
     for i, n in enumerate(_get(data, "namespaces.host_shared_allowed") or []):
-        if n not in NS_NAMES:
+        if not isinstance(n, str) or namespaces.proc_name(n) is None:
             errors.append(doc.error(f"namespaces.host_shared_allowed[{i}]", f"unknown namespace {n!r}{_suggest(str(n), NS_NAMES)}"))
     for key in ("mounts.denied_host_paths", "mounts.rw_allowed_host_paths", "mac.files.read", "mac.files.write",
                 "mac.files.exec"):
@@ -265,7 +266,7 @@ def _get(data, dotted: str):
 
 
 def _lint_resources(doc: Doc, data: dict, errors: list[SpecError]) -> None:
-    from sandbox.profiles import parse_size
+    from sandbox.values import parse_size
     from sandbox.rlimits import NAMES
     mem = _get(data, "resources.memory.max")
     if mem is not None:

@@ -586,7 +586,7 @@ def subject_from_facts(pfacts: facts.ProcFacts, host, comms: list[str] | None = 
 
 # --- admission path ----------------------------------------------------------
 
-def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None = None) -> Subject:
+def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None = None, name: str = "") -> Subject:
     """What a sandbox launched from `spec` (sandbox.spec.Spec) will look like.
 
     Built from the same functions launch uses, not from copies of its logic:
@@ -636,7 +636,7 @@ def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None 
     ports = tuple(f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.proto}" for p in spec.ports)
     ident = pos.identity
     return Subject(
-        name=spec.name or "", runtime="sbx",
+        name=name, runtime="sbx",
         uid=ident.uid, gid=ident.gid, host_uid=None, userns=ident.own_userns,
         root_maps_host_root=False,  # sbx never maps an id to host root (verify refuses otherwise)
         cap_eff=_names(pos.caps["CapEff"]), cap_prm=_names(pos.caps["CapPrm"]), cap_bnd=_names(pos.caps["CapBnd"]),

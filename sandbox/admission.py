@@ -8,15 +8,15 @@ from __future__ import annotations
 from .errors import SbxError
 
 
-def admit(spec) -> list:
+def admit(spec, options) -> list:
     """Raise SbxError (125) naming the first violated rule and the offending value; return waived findings."""
     from audit.conformance import apply_waivers, evaluate
     from audit.policy import load_policy
     from audit.subject import subject_from_spec
 
-    policy = load_policy(spec.policy)
-    findings = evaluate(policy, subject_from_spec(spec), spec=spec)
-    outcome = apply_waivers(policy, findings, {"name": spec.name or "", "runtime": "sbx"})
+    policy = load_policy(options.policy)
+    findings = evaluate(policy, subject_from_spec(spec, name=options.name or ""), spec=spec)
+    outcome = apply_waivers(policy, findings, {"name": options.name or "", "runtime": "sbx"})
     if outcome.findings:
         f = outcome.findings[0]
         more = f" (+{len(outcome.findings) - 1} more)" if len(outcome.findings) > 1 else ""

@@ -561,14 +561,16 @@ def start(e: state.Entry) -> None:
     from .records import replace
 
     from .lifecycle import run_detached
-    from .spec import spec_from_dict
+    from .spec import options_from_dict, spec_from_dict
     if e.alive and e.status in (state.RUNNING, state.PAUSED):
         return  # already running: nothing to do, as in docker
     if e.alive:
         raise SbxError(f"sandbox {e.id[:12]} is still being started or stopped; try again")
     cleanup_cgroup(e.id)
-    spec = replace(spec_from_dict(e.config["spec"]), detach=True)
-    run_detached(spec, sandbox_id=e.id)
+    # Entries saved before RunOptions kept them in the spec.
+    saved = e.config.get("options") or {k: e.config["spec"].get(k) for k in ("name", "policy", "remove")}
+    opts = replace(options_from_dict(saved), detach=True, name=e.name)
+    run_detached(spec_from_dict(e.config["spec"]), opts, sandbox_id=e.id)
 
 
 @click.command("start", help="Start stopped sandboxes again from their saved spec (env included).")

@@ -93,22 +93,26 @@ def fast_parse(args: list[str]) -> dict | None:
 
 
 def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
+    from .spec import run_options
     from .speccache import resolve
 
-    spec = resolve(list(cmd), profile=profile, record=record, **kw)
+    kw["record"] = record
+    opts = run_options(kw)  # beside the Spec: they change how this run is handled, not the sandbox
+    spec = resolve(list(cmd), profile=profile, hostname_default=opts.name, **kw)
     if explain:
-        if spec.policy:
+        if opts.policy:
             from .admission import admit
-            admit(spec)  # launch admits again for real; --explain says now whether it would
+            admit(spec, opts)  # launch admits again for real; --explain says now whether it would
         import json
-        print(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+        # The Spec as it is, plus the run's options beside it (not part of the Spec or its digest).
+        print(json.dumps({**spec.to_dict(), "run_options": opts.to_dict()}, indent=2, sort_keys=True))
         return 0
-    if spec.detach:
+    if opts.detach:
         from .lifecycle import run_detached
-        print(run_detached(spec), flush=True)
+        print(run_detached(spec, opts), flush=True)
         return 0
     from .launch import run
-    result = run(spec)
+    result = run(spec, options=opts)
     if record:
         from .record import write_record
         write_record(record, result.record)

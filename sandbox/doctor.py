@@ -61,6 +61,15 @@ def _read(path: str, limit: int = 65536) -> str | None:
         return None
 
 
+def _sysctl_int(name: str) -> int | None:
+    from . import facts
+    v = facts.read_sysctl(name)
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
 def _int(path: str) -> int | None:
     v = _read(path)
     try:
@@ -94,22 +103,11 @@ def probe_userns() -> int:
 
 def probe_seccomp_filter() -> int:
     """Install an allow-all seccomp filter in a child (after no_new_privs, as sbx does)."""
-    import ctypes
-
-    class SockFilter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                    ("k", ctypes.c_uint32)]
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+    from . import syscalls as sc
 
     def body() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        insns = (SockFilter * 1)(SockFilter(0x06, 0, 0, 0x7FFF0000))  # BPF_RET|BPF_K SECCOMP_RET_ALLOW
-        prog = SockFprog(1, insns)
-        for args in ((38, 1, 0, 0, 0), (22, 2, ctypes.addressof(prog), 0, 0)):  # NO_NEW_PRIVS; SET_SECCOMP FILTER
-            if libc.prctl(*(ctypes.c_ulong(a) for a in args)) != 0:
-                raise OSError(ctypes.get_errno(), "prctl")
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        sc.seccomp_set_filter((0x06).to_bytes(2, "little") + b"\0\0" + (0x7FFF0000).to_bytes(4, "little"))
 
     return _in_child(body)
 
@@ -145,9 +143,9 @@ def _strict_spec():
 
 
 def check_userns(r: Report) -> None:
-    max_ns = _int("/proc/sys/user/max_user_namespaces")
-    clone = _int("/proc/sys/kernel/unprivileged_userns_clone")  # Debian/Ubuntu patch; absent upstream
-    aa_restrict = _int("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")  # Ubuntu 23.10+
+    max_ns = _sysctl_int("user/max_user_namespaces")
+    clone = _sysctl_int("kernel/unprivileged_userns_clone")  # Debian/Ubuntu patch; absent upstream
+    aa_restrict = _sysctl_int("kernel/apparmor_restrict_unprivileged_userns")  # Ubuntu 23.10+
     rc = probe_userns()
     r.facts["userns"] = {"max_user_namespaces": max_ns, "unprivileged_userns_clone": clone,
                          "apparmor_restrict_unprivileged_userns": aa_restrict, "create_ok": rc == 0,
@@ -175,18 +173,11 @@ def root_is_namespace_root() -> tuple[bool | None, str]:
     if len(at_root) > 1:
         return False, "stacked"
     # A chroot: some process of this mount namespace (an ancestor, or its pid 1) has another root.
-    def root_of(pid: str) -> tuple | None:
-        path = "/" if pid == "self" else f"/proc/{pid}/root"
-        mid = facts.mount_id_of(path)
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return None if mid is None else (mid, st.st_dev, st.st_ino)
+    def root_of(pid: int | str) -> tuple | None:
+        return facts.root_identity(pid)
 
-    try:
-        our_ns = os.readlink("/proc/self/ns/mnt")
-    except OSError:
+    our_ns = facts.read_ns("self", ("mnt",)).get("mnt")
+    if our_ns is None:
         return None, ""
     ours = root_of("self")
     others: list[int] = [1]
@@ -201,11 +192,11 @@ def root_is_namespace_root() -> tuple[bool | None, str]:
             break
     for p in others:
         try:
-            if os.readlink(f"/proc/{p}/ns/mnt") != our_ns:
+            if facts.read_ns(p, ("mnt",)).get("mnt") != our_ns:
                 continue
-        except OSError:
+        except (OSError, facts.ProcessGone):
             continue
-        theirs = root_of(str(p))
+        theirs = root_of(p)
         if ours is not None and theirs is not None and theirs != ours:
             return False, "chroot"
     return True, ""
@@ -341,11 +332,13 @@ def check_cgroups(r: Report, spec) -> None:
 
 
 def check_seccomp(r: Report, spec) -> None:
-    mode = None
-    for line in (_read("/proc/self/status") or "").splitlines():
-        if line.startswith("Seccomp:"):
-            mode = line.split(":", 1)[1].strip()
-    actions = (_read("/proc/sys/kernel/seccomp/actions_avail") or "").split()
+    from . import facts
+    try:
+        st = facts.read_status("self")
+        mode = None if st.seccomp is None else str(st.seccomp)
+    except (OSError, facts.ProcessGone):
+        mode = None
+    actions = (facts.read_sysctl("kernel/seccomp/actions_avail") or "").split()
     rc = probe_seccomp_filter()
     ok = mode is not None and "errno" in actions and "kill_process" in actions and rc == 0
     r.facts["seccomp"] = {"status_mode": mode, "actions_avail": actions, "filter": ok,

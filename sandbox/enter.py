@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import signal
 
-from . import facts, launch, process, protocol, state, syscalls as sc
+from . import facts, launch, namespaces, process, protocol, state, syscalls as sc
 from .errors import SbxError, VerifyError
 from .spec import Spec, spec_from_dict
 
-# setns order: the user namespace first (it gives us the capabilities that own all the others).
-ENTER_ORDER = ("user", "mount", "net", "uts", "ipc", "cgroup")
+# setns order: the user namespace first (it gives us the capabilities that own all the others); pid is
+# entered separately (it applies to our children).
+ENTER_ORDER = tuple(k for k in namespaces.KINDS if k != "pid")
 
 
 def exec_in(entry: state.Entry, argv: list[str], *, env: list[str] = (), workdir: str | None = None,
@@ -55,7 +56,7 @@ def exec_in(entry: state.Entry, argv: list[str], *, env: list[str] = (), workdir
     try:
         try:
             for ns in ("pid",) + ENTER_ORDER:
-                fds[ns] = os.open(f"/proc/{init_pid}/ns/{sc.NS_PROC_NAME[ns]}", os.O_RDONLY | os.O_CLOEXEC)
+                fds[ns] = os.open(f"/proc/{init_pid}/ns/{namespaces.PROC[ns]}", os.O_RDONLY | os.O_CLOEXEC)
             root_fd = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise SbxError(f"cannot open the sandbox's namespaces: {e.strerror}", where="exec") from None
@@ -151,7 +152,7 @@ def _verify(spec: Spec, entry: state.Entry, pid: int, init_pid: int, plan, cg) -
     f = facts.read(pid, host_pid=os.getpid())
     v = check(spec, f, uid_map=idmap.get("uid_map") or (), gid_map=idmap.get("gid_map") or (), cgroup=cg)
     want = facts.read_ns(init_pid)
-    for ns in ("user", "mnt", "pid", "net", "uts", "ipc", "cgroup"):
+    for ns in namespaces.PROC_NAMES:
         v.need(f"same {ns} namespace as the sandbox", f.ns.get(ns) == want.get(ns) and ns in want,
                f"{f.ns.get(ns)} != {want.get(ns)}")
     if not v.ok:
@@ -170,7 +171,7 @@ def _child(plan: launch.Plan, chan: protocol.Channel, fds: dict[str, int], root_
         step("parent death signal", process.die_with_parent, 0)
         step("wait for the cgroup", chan.wait, protocol.EXEC_IN_CGROUP)
         for ns in ENTER_ORDER:
-            step(f"setns {ns}", sc.setns, fds[ns], sc.NS_FLAGS[ns])
+            step(f"setns {ns}", sc.setns, fds[ns], namespaces.FLAG[ns])
         step("chroot", _chroot, root_fd)
         step("parent death signal", process.die_with_parent, 0)  # the id switch in setns cleared it
     except BaseException as e:  # noqa: BLE001 - a child must never unwind into the CLI

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from . import namespaces
 from .records import field, record
 
 PROC = "/proc"
@@ -20,7 +21,7 @@ MAX_LARGE = 4 * 1024 * 1024  # net tables of a busy host
 # view is reported incomplete (read_mountinfo_ex), never silently cut.
 MAX_MOUNTINFO = 16 * 1024 * 1024
 
-NS_KINDS = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup", "time")
+NS_KINDS = namespaces.PROC_NAMES + ("time",)  # time: read for audit, sbx does not make one
 
 # Linux capability numbers -> names (include/uapi/linux/capability.h).
 CAP_NAMES = (
@@ -424,6 +425,49 @@ def parse_cgroup(text: str) -> list[CgroupEntry]:
 
 def read_cgroup(pid: int | str) -> list[CgroupEntry]:
     return parse_cgroup(read_text(pid, "cgroup"))
+
+
+def read_sysctl(name: str, limit: int = 4096) -> str | None:
+    """A /proc/sys value by its path below /proc/sys ("user/max_user_namespaces"); None if absent."""
+    try:
+        return _read_bytes(f"{PROC}/sys/{name}", limit).decode("utf-8", "replace").strip()
+    except (OSError, ProcessGone):
+        return None
+
+
+def read_meminfo(pid: int | str = "self") -> dict[str, int]:
+    """/proc/meminfo (kB values by key); empty if unreadable."""
+    out: dict[str, int] = {}
+    try:
+        text = _read_bytes(f"{PROC}/meminfo", MAX_SMALL).decode("ascii", "replace")
+    except (OSError, ProcessGone):
+        return out
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        try:
+            out[key] = int(rest.split()[0])
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def list_fds(pid: int | str = "self") -> list[int]:
+    """The open file descriptor numbers of a process."""
+    try:
+        return sorted(int(n) for n in os.listdir(f"{PROC}/{pid}/fd") if n.isdigit())
+    except FileNotFoundError:
+        raise ProcessGone(str(pid)) from None
+
+
+def root_identity(pid: int | str) -> tuple[int, int, int] | None:
+    """(mount id, device, inode) of a process's root directory; None if unreadable."""
+    path = "/" if pid == "self" else f"{PROC}/{pid}/root"
+    mid = mount_id_of(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return None if mid is None else (mid, st.st_dev, st.st_ino)
 
 
 def mount_id_of(path: str) -> int | None:

@@ -1,9 +1,9 @@
 """Landlock: restrict the workload's filesystem access to what the mount plan intends.
 
-Why our own ctypes binding rather than a package: Landlock is three syscalls
-(create_ruleset, add_rule, restrict_self) with two small structs; a binding is
-~100 lines, adds no dependency to a security tool, and — the real reason — we
-need to control ABI probing ourselves: we handle exactly the access rights the
+Why our own binding (sandbox/syscalls.py, the one ctypes module) rather than a
+package: Landlock is three syscalls (create_ruleset, add_rule, restrict_self)
+with two small structs; a binding adds no dependency to a security tool, and
+— the real reason — we need to control ABI probing ourselves: we handle exactly the access rights the
 running kernel's ABI knows (older kernels reject unknown bits with EINVAL) and
 we report the ABI actually used, which the run record and verification rely on.
 
@@ -22,23 +22,14 @@ the sandbox's network is decided by its network namespace (sandbox.net).
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 from .records import field, record
 
+from . import syscalls as sc
 from .errors import SbxError
 from .spec import IF_AVAILABLE, OFF, REQUIRED, Spec
-
-# Syscall numbers are the same on every architecture (allocated after the
-# syscall table unification in 5.x).
-_SYS_CREATE_RULESET = 444
-_SYS_ADD_RULE = 445
-_SYS_RESTRICT_SELF = 446
-
-_CREATE_RULESET_VERSION = 1 << 0
-_RULE_PATH_BENEATH = 1
 
 # Filesystem access rights (include/uapi/linux/landlock.h), by the ABI that introduced them.
 EXECUTE = 1 << 0
@@ -69,18 +60,6 @@ ACCESS_NAMES = ("ro", "rw", "wfile")
 
 
 
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64),
-                ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneathAttr(ctypes.Structure):
-    _pack_ = 1  # __attribute__((packed)) in the uapi header: 12 bytes
-    _fields_ = [("allowed_access", ctypes.c_uint64),
-                ("parent_fd", ctypes.c_int32)]
-
-
 @record(frozen=True)
 class Rule:
     path: str
@@ -97,12 +76,6 @@ class LandlockPlan:
         return {"abi": self.abi, "rules": [{"path": r.path, "access": r.access} for r in self.rules]}
 
 
-def _libc() -> ctypes.CDLL:
-    lib = ctypes.CDLL(None, use_errno=True)
-    lib.syscall.restype = ctypes.c_long
-    return lib
-
-
 def abi_version() -> int:
     """The kernel's Landlock ABI; 0 when Landlock is not built in or is disabled at boot.
 
@@ -110,9 +83,7 @@ def abi_version() -> int:
     missing (that would drop it from every if-available profile). Tests simulate
     such a host with a seccomp filter under sbx (tests/hostsim.py).
     """
-    rv = _libc().syscall(ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
-                         ctypes.c_uint32(_CREATE_RULESET_VERSION))
-    return int(rv) if rv > 0 else 0
+    return sc.landlock_abi()
 
 
 def fs_rights(abi: int) -> int:
@@ -203,21 +174,18 @@ def apply(rules: list[Rule], *, scope_signals: bool = True) -> int:
     abi = abi_version()
     if abi == 0:
         raise SbxError("Landlock is not available in this kernel", where="landlock")
-    lib = _libc()
     handled = fs_rights(abi)
-    attr = _RulesetAttr(handled_access_fs=handled, handled_access_net=0, scoped=0)
-    size = 8  # ABI 1-3 know only handled_access_fs
+    size, scoped = 8, 0  # ABI 1-3 know only handled_access_fs
     if abi >= 4:
         size = 16
     if abi >= 6:
         size = 24
         if scope_signals:
-            attr.scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET
-    ruleset = lib.syscall(ctypes.c_long(_SYS_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(size),
-                          ctypes.c_uint32(0))
-    if ruleset < 0:
-        raise _err("create_ruleset failed", ctypes.get_errno())
-    ruleset = int(ruleset)
+            scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET
+    try:
+        ruleset = sc.landlock_create_ruleset(handled, 0, scoped, size)
+    except OSError as e:
+        raise _err("create_ruleset failed", e.errno or 0) from None
     try:
         for rule in rules:
             mask = access_mask(rule.access, abi)
@@ -235,20 +203,19 @@ def apply(rules: list[Rule], *, scope_signals: bool = True) -> int:
                     continue
                 if not stat.S_ISDIR(mode):
                     mask &= _FILE_RIGHTS
-                pb = _PathBeneathAttr(allowed_access=mask, parent_fd=fd)
-                rv = lib.syscall(ctypes.c_long(_SYS_ADD_RULE), ctypes.c_int(ruleset),
-                                 ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(pb), ctypes.c_uint32(0))
-                if rv < 0:
-                    raise _err(f"add_rule {rule.path} ({rule.access}) failed", ctypes.get_errno())
+                try:
+                    sc.landlock_add_path_rule(ruleset, mask, fd)
+                except OSError as e:
+                    raise _err(f"add_rule {rule.path} ({rule.access}) failed", e.errno or 0) from None
             finally:
                 os.close(fd)
-        rv = lib.syscall(ctypes.c_long(_SYS_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0))
-        if rv < 0:
-            e = ctypes.get_errno()
-            if e == errno.EPERM:
+        try:
+            sc.landlock_restrict_self(ruleset)
+        except OSError as e:
+            if e.errno == errno.EPERM:
                 raise SbxError("restrict_self refused: the process needs no_new_privs or CAP_SYS_ADMIN "
-                               "in its user namespace at this stage", where="landlock")
-            raise _err("restrict_self failed", e)
+                               "in its user namespace at this stage", where="landlock") from None
+            raise _err("restrict_self failed", e.errno or 0) from None
     finally:
         os.close(ruleset)
     return abi

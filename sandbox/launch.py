@@ -33,7 +33,7 @@ from .errors import EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_TIMEOUT, SbxError,
 from .protocol import Channel, ExecFailed, Steps
 from .records import field, record
 from .sig import signal
-from .spec import Spec
+from .spec import RunOptions, Spec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms of every start); mypy knows the name
 if TYPE_CHECKING:  # types only: none of these is imported on the run path unless the plan needs it
@@ -82,7 +82,8 @@ class Plan:
 
 # ============================================================ the plan (sbx, before any fork)
 
-def plan(spec: Spec, sandbox_id: str, *, exec_label: str | None = None, joining: bool = False) -> Plan:
+def plan(spec: Spec, sandbox_id: str, *, options: RunOptions | None = None, exec_label: str | None = None,
+         joining: bool = False) -> Plan:
     """The one place a launch is decided, for `run` and for `exec` (joining=True: the sandbox exists).
 
     Everything that can fail before a process exists fails here, with one line.
@@ -91,7 +92,7 @@ def plan(spec: Spec, sandbox_id: str, *, exec_label: str | None = None, joining:
     p = Plan(spec=spec, sandbox_id=sandbox_id, confinement=Confinement())
     try:
         if not joining:
-            _admit(spec)
+            _admit(spec, options or RunOptions())
             _check_rlimits(spec)
             _resolve_host_paths(p)
             _plan_ids(p)
@@ -108,11 +109,11 @@ def plan(spec: Spec, sandbox_id: str, *, exec_label: str | None = None, joining:
     return p
 
 
-def _admit(spec: Spec) -> None:
+def _admit(spec: Spec, options: RunOptions) -> None:
     """Admission is part of the launch, so no entry point (CLI, API, sbx start) skips the policy."""
-    if spec.policy:
+    if options.policy:
         from .admission import admit
-        admit(spec)
+        admit(spec, options)
 
 
 def _check_rlimits(spec: Spec) -> None:
@@ -535,13 +536,14 @@ class _Launch:
         return cause
 
 
-def run(spec: Spec, *, sandbox_id: str | None = None, on_started=None, stderr=None) -> Result:
+def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None = None, on_started=None,
+        stderr=None) -> Result:
     """Run one sandbox to completion. Raises SbxError for refusals (exit 125)."""
     sid = sandbox_id or os.urandom(32).hex()
     t0 = time.monotonic()
     warm = _warm_cgroup_lock(spec)
     try:
-        p = plan(spec, sid)
+        p = plan(spec, sid, options=options)
     except BaseException:
         if warm is not None:
             warm.stop()

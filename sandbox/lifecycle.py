@@ -29,7 +29,7 @@ import time
 
 from . import events, state
 from .errors import EXIT_REFUSED, SbxError
-from .spec import Spec
+from .spec import RunOptions, Spec
 
 LOG_NAME = "sandbox.log"
 LOG_MAX_BYTES = 10 * 1024 * 1024  # per file
@@ -151,7 +151,7 @@ def parse_log_line(line: bytes) -> tuple[str, str, bool, bytes] | None:
 
 # ---------------------------------------------------------------- run -d
 
-def run_detached(spec: Spec, *, sandbox_id: str | None = None) -> str:
+def run_detached(spec: Spec, options: RunOptions | None = None, *, sandbox_id: str | None = None) -> str:
     """Start spec in the background; return its id once the workload runs and is verified.
 
     sandbox_id: re-create an existing (stopped) sandbox from its saved entry (`sbx start`).
@@ -159,16 +159,18 @@ def run_detached(spec: Spec, *, sandbox_id: str | None = None) -> str:
     """
     from .profiles import new_id
 
-    if spec.policy:
+    options = options or RunOptions()
+    if options.policy:
         # Refuse before any state exists (the supervisor's launch admits again): a fresh sandbox is
         # not created, a stopped one (`sbx start`) stays stopped, under the policy as it is now.
         from .admission import admit
-        admit(spec)
+        admit(spec, options)
     if sandbox_id is None:
         sid = new_id()
-        config = {"id": sid, "name": spec.name, "created": time.time(), "spec": spec.to_dict()}
+        config = {"id": sid, "name": options.name, "created": time.time(), "spec": spec.to_dict(),
+                  "options": options.to_dict()}
         d = state.create(sid, config)
-        events.emit("create", sid, spec.name)
+        events.emit("create", sid, options.name)
     else:
         sid = sandbox_id
         d = state.sandbox_dir(sid)
@@ -183,7 +185,7 @@ def run_detached(spec: Spec, *, sandbox_id: str | None = None) -> str:
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            code = _supervise(spec, sid, d, w)
+            code = _supervise(spec, options, sid, d, w)
         except BaseException:  # noqa: BLE001
             if os.environ.get("SBX_DEBUG"):
                 import traceback
@@ -227,8 +229,8 @@ def _read_report(fd: int, deadline: float) -> dict | None:
 
 
 def _close_fds_except(keep: set[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
+    from . import facts
+    for fd in facts.list_fds("self"):
         if fd > 2 and fd not in keep:
             try:
                 os.close(fd)
@@ -244,7 +246,7 @@ def _starttime(pid: int) -> int | None:
         return None
 
 
-def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
+def _supervise(spec: Spec, options: RunOptions, sid: str, d: str, report_fd: int) -> int:
     """The supervisor's body (in the grandchild). Returns its exit code."""
     from . import syscalls as sc
 
@@ -300,14 +302,14 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
                      idmap=record.get("idmap"), notes=record.get("notes"), features=record.get("features"),
                      startup_ms=record.get("startup_ms"), lsm_label=record.get("lsm_label"),
                      landlock_abi=record.get("landlock_abi"))
-        events.emit("start", sid, spec.name)
+        events.emit("start", sid, options.name)
         send({"started": sid})
 
     from . import launch
     error = None
     oom = timed_out = False
     try:
-        result = launch.run(spec, sandbox_id=sid, on_started=on_started)
+        result = launch.run(spec, options=options, sandbox_id=sid, on_started=on_started)
         code, oom, timed_out = result.exit_code, result.oom_killed, result.timed_out
     except SbxError as e:
         code, error = e.code, e.line()
@@ -336,8 +338,8 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
                  timed_out=timed_out, error=error or state.delete_marker(), paused_total=paused_total,
                  paused_at=state.delete_marker())
     if oom:
-        events.emit("oom", sid, spec.name)
-    events.emit("die", sid, spec.name, exit_code=code)
+        events.emit("oom", sid, options.name)
+    events.emit("die", sid, options.name, exit_code=code)
     if "t" not in started:
         why = error[5:] if error and error.startswith("sbx: ") else None
         if why is None:
@@ -345,9 +347,9 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
             why = f"sandbox {sid[:12]} exited with {code} before it started" + (f": {last}" if last else "")
         send({"error": why, "code": code})
     writer.close()
-    if spec.remove:
+    if options.remove:
         if state.remove(sid):
-            events.emit("destroy", sid, spec.name)
+            events.emit("destroy", sid, options.name)
     os.close(lock_fd)
     return 0
 

@@ -1,4 +1,7 @@
-"""The sandbox's namespaces: which are made where, and joining the sandbox's cgroup namespace.
+"""The sandbox's namespaces: the one table of their names, which are made where, and joining.
+
+sbx's own name for each kind is the flag's ("mount"); the kernel's, in
+/proc/PID/ns and in audit output, is "mnt". Both spellings live in TABLE only.
 
 Setup unshares every kind but cgroup: a new pid namespace applies to the
 unsharer's children, so setup forks init right after. Init unshares the cgroup
@@ -12,8 +15,29 @@ import os
 
 from . import syscalls as sc
 
-# Namespace kinds a sandbox gets, in sbx's own names (spec.NAMESPACES is the same set).
-KINDS = ("user", "mount", "pid", "net", "uts", "ipc", "cgroup")
+# (sbx's name, /proc/PID/ns name, clone flag). User first: joining it gives the capabilities
+# that own all the others, so this is also setns order.
+TABLE = (
+    ("user", "user", sc.CLONE_NEWUSER),
+    ("mount", "mnt", sc.CLONE_NEWNS),
+    ("pid", "pid", sc.CLONE_NEWPID),
+    ("net", "net", sc.CLONE_NEWNET),
+    ("uts", "uts", sc.CLONE_NEWUTS),
+    ("ipc", "ipc", sc.CLONE_NEWIPC),
+    ("cgroup", "cgroup", sc.CLONE_NEWCGROUP),
+)
+KINDS = tuple(ours for ours, _, _ in TABLE)  # every kind a sandbox has of its own
+PROC_NAMES = tuple(proc for _, proc, _ in TABLE)
+PROC = {ours: proc for ours, proc, _ in TABLE}
+FLAG = {ours: flag for ours, _, flag in TABLE}
+OURS = {proc: ours for ours, proc, _ in TABLE}
+
+
+def proc_name(name: str) -> str | None:
+    """Either spelling ("mount" or "mnt") -> the kernel's; None for an unknown kind."""
+    if name in OURS:
+        return name
+    return PROC.get(name)
 
 
 def unshare_for_setup() -> None:
@@ -21,7 +45,7 @@ def unshare_for_setup() -> None:
     flags = 0
     for kind in KINDS:
         if kind != "cgroup":
-            flags |= sc.NS_FLAGS[kind]
+            flags |= FLAG[kind]
     sc.unshare(flags)
 
 

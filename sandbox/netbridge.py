@@ -38,7 +38,6 @@ pyroute2 is imported lazily: only bridge mode pays its import cost.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import functools
@@ -54,6 +53,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from . import syscalls as sc
 from .errors import SbxError, escape
 from .paths import atomic_write, ensure_private_dir
 from .spec import Spec
@@ -63,7 +63,7 @@ VETH_PREFIX = "sbxv"  # host ends: sbxv + 11 hex of the sandbox id (IFNAMSIZ is 
 NFT_TABLE = "sbx"  # in the inet family
 DEFAULT_SUBNET = "172.31.240.0/20"
 SUBNET_ENV = "SBX_BRIDGE_SUBNET"
-CLONE_NEWNET = 0x40000000
+CLONE_NEWNET = sc.CLONE_NEWNET
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 
 
@@ -144,14 +144,10 @@ def _locked():
 
 
 def _starttime(pid: int) -> int | None:
+    from . import facts
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    try:
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (ValueError, IndexError):
+        return facts.read_stat(pid).starttime
+    except Exception:  # noqa: BLE001 - gone or unreadable
         return None
 
 
@@ -315,16 +311,6 @@ def _iproute():
     return IPRoute
 
 
-_LIBC = None
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    return _LIBC
-
-
 def _netlink_socket_in(nsfd: int) -> socket.socket:
     """A NETLINK_ROUTE socket bound to the namespace nsfd refers to.
 
@@ -335,8 +321,10 @@ def _netlink_socket_in(nsfd: int) -> socket.socket:
     out: dict = {}
 
     def enter() -> None:
-        if _libc().setns(nsfd, CLONE_NEWNET) != 0:
-            out["err"] = ctypes.get_errno()
+        try:
+            sc.setns(nsfd, CLONE_NEWNET)
+        except OSError as e:
+            out["err"] = e.errno
             return
         try:
             out["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
@@ -471,7 +459,8 @@ class BridgeNet:
         except OSError as e:
             raise SbxError(f"cannot open the sandbox's network namespace ({path}): {e.strerror}") from None
         try:
-            if os.fstat(nsfd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            from . import facts
+            if os.fstat(nsfd).st_ino == facts.read_ns("self", ("net",)).get("net"):
                 raise SbxError("the sandbox is still in the host's network namespace: refusing to wire it")
             IPRoute = _iproute()
             with IPRoute() as host:

@@ -16,11 +16,11 @@ Records, not dataclasses: this module is on `sbx run`'s path.
 """
 from __future__ import annotations
 
-from . import facts
+from . import facts, namespaces
 from .records import field, record
+from .values import cpulist_or_empty
 
-# /proc/PID/ns names of the namespaces a sandbox has of its own.
-NAMESPACES = ("user", "mnt", "pid", "net", "uts", "ipc", "cgroup")
+NAMESPACES = namespaces.PROC_NAMES  # the kinds a sandbox has of its own, as /proc names them
 CAP_SETS = ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb")
 
 
@@ -151,23 +151,9 @@ def differences(want: Posture, got: Posture, checked: list[str] | None = None) -
         need("seccomp", got.seccomp == 2 and (got.seccomp_filters or 0) >= 1,
              f"Seccomp is {got.seccomp}, filters {got.seccomp_filters}")
     for kind in NAMESPACES:
-        need(f"{'mount' if kind == 'mnt' else kind} namespace",
+        need(f"{namespaces.OURS[kind]} namespace",
              kind not in got.shared_namespaces or kind in want.shared_namespaces, "shared with the host")
     if want.cpus is not None:
-        need("cpuset", cpulist(got.cpus) == cpulist(want.cpus), f"Cpus_allowed_list is {got.cpus}, wanted {want.cpus}")
-    return out
-
-
-def cpulist(text: str | None) -> set[int]:
-    """'0-2,4' -> {0, 1, 2, 4}; an unparsable list is the empty set (never equal to a real one)."""
-    out: set[int] = set()
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        a, _, b = part.partition("-")
-        try:
-            out.update(range(int(a), int(b or a) + 1))
-        except ValueError:
-            return set()
+        need("cpuset", cpulist_or_empty(got.cpus) == cpulist_or_empty(want.cpus),
+             f"Cpus_allowed_list is {got.cpus}, wanted {want.cpus}")
     return out

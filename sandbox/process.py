@@ -73,8 +73,8 @@ def close_inherited_fds(first: int = 3) -> None:
         return
     except OSError:
         pass
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
+    from . import facts
+    for fd in facts.list_fds("self"):
         if fd >= first:
             try:
                 os.set_inheritable(fd, False)

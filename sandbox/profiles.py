@@ -12,8 +12,9 @@ from .records import replace
 
 from .errors import SpecError
 from .facts import CAP_NAMES
-from .spec import (IF_AVAILABLE, LEVELS, NETWORK_MODES, Bind, Filesystem, Port, Resources, Rlimit, Security,
-                   Spec)
+from .spec import (IF_AVAILABLE, LEVELS, NETWORK_MODES, Bind, Filesystem, Port, Resources, Rlimit,
+                   Security, Spec)
+from .values import MIN_MEMORY, cap_name, cpulist, parse_size
 from .yamlmarks import Doc, check_schema, get_path, load
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -43,27 +44,8 @@ SCHEMA: dict = {
     "degrade": "str",
 }
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _ENVKEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def parse_size(v, what: str = "size") -> int:
-    """Docker-style sizes: 512m, 1g, 1048576; -1 means unlimited."""
-    if isinstance(v, bool):
-        raise ValueError(f"{what} must be a size like 512m, not a boolean")
-    if isinstance(v, int):
-        if v < -1:
-            raise ValueError(f"{what} must be >= 0 or -1 (unlimited)")
-        return v
-    if isinstance(v, str):
-        if v.strip() == "-1":
-            return -1
-        m = _SIZE.match(v)
-        if m:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise ValueError(f"{what} '{v}' is not a size (examples: 64m, 1g, 1048576, -1)")
 
 
 def parse_rlimit(name: str, v) -> Rlimit:
@@ -144,7 +126,7 @@ def _semantic(doc: Doc):
         elif kind == "caps":
             for i, c in enumerate(v):
                 try:
-                    normalize_cap(c)
+                    cap_name(c)
                 except ValueError as e:
                     out.append(doc.error(f"{key}[{i}]", str(e)))
         elif kind == "rlimits":
@@ -168,22 +150,6 @@ def _validate(doc: Doc, data, schema: dict, prefix: str) -> None:
     errors = check_schema(doc, data, schema, prefix, kinds=_PROFILE_KINDS, semantic=_semantic(doc))
     if errors:
         raise errors[0]
-
-
-def normalize_cap(c) -> str:
-    if not isinstance(c, str):
-        raise ValueError(f"capability must be a name, got {c!r}")
-    n = c.upper()
-    if n.startswith("CAP_"):
-        n = n[4:]
-    if n == "ALL":
-        return n
-    if n not in CAP_NAMES:
-        import difflib
-        near = difflib.get_close_matches(n, CAP_NAMES, 1)
-        hint = f" (did you mean {near[0]}?)" if near else ""
-        raise ValueError(f"unknown capability '{c}'{hint}")
-    return n
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -392,13 +358,13 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         raise _flag_error("-p", f"publishing ports needs --network bridge (this sandbox's network is '{network}')")
 
     capd = g("capabilities", {}) or {}
-    keep = {normalize_cap(c) for c in capd.get("keep", []) or []}
+    keep = {cap_name(c) for c in capd.get("keep", []) or []}
     if "ALL" in keep:
         keep = set(CAP_NAMES)
     adds = []
     for c in flags.get("cap_add") or ():
         try:
-            adds.append(normalize_cap(c))
+            adds.append(cap_name(c))
         except ValueError as e:
             raise _flag_error("--cap-add", str(e)) from None
     if adds and not capd.get("allow_add", False):
@@ -406,7 +372,7 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
     keep |= set(CAP_NAMES) if "ALL" in adds else set(adds)
     for c in flags.get("cap_drop") or ():
         try:
-            n = normalize_cap(c)
+            n = cap_name(c)
         except ValueError as e:
             raise _flag_error("--cap-drop", str(e)) from None
         keep = set() if n == "ALL" else keep - {n}
@@ -427,6 +393,14 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         selinux=sed.get("mode", IF_AVAILABLE),
     )
     sec = _security_opts(sec, flags.get("security_opt") or (), g("name", profile))
+    try:
+        sec = replace(sec, seccomp=_seccomp_ref(sec.seccomp))
+    except SpecError as e:
+        if e.where != "seccomp":
+            raise  # located in the seccomp file itself
+        if any(str(o).startswith("seccomp=") for o in flags.get("security_opt") or ()):
+            raise _flag_error("--security-opt", e.message) from None
+        raise where("security.seccomp").error("security.seccomp", e.message) from None
 
     resd = dict(g("resources", {}) or {})
     try:
@@ -442,8 +416,9 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         )
     except ValueError as e:
         raise doc.error("resources", str(e)) from None
-    if res.memory is not None and res.memory != -1 and res.memory < 4 * 1024 * 1024:
-        raise _flag_error("--memory", "memory limit below 4 MiB cannot start a process (docker's minimum is 6m)")
+    if res.memory is not None and res.memory != -1 and res.memory < MIN_MEMORY:
+        raise _flag_error("--memory", f"memory limit below {MIN_MEMORY >> 20} MiB cannot start a process "
+                                      "(docker's minimum too)")
     if res.memory_swap not in (None, -1) and res.memory not in (None, -1) and res.memory_swap < res.memory:
         raise _flag_error("--memory-swap", "memory-swap is the total of memory and swap: it must be >= --memory")
     if res.cpus is not None and res.cpus <= 0:
@@ -471,9 +446,7 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
     hostname = flags.get("hostname") or g("hostname")
     if hostname is not None and not _HOSTNAME.match(str(hostname)):
         raise _flag_error("--hostname", f"'{hostname}' is not a valid hostname")
-    name = flags.get("name")
-    if name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", name):
-        raise _flag_error("--name", f"'{name}' must match [A-Za-z0-9][A-Za-z0-9_.-]*")
+    name = flags.get("hostname_default")  # the run's --name, as docker users expect it for the hostname
     timeout = flags.get("timeout") if flags.get("timeout") is not None else g("timeout")
     if timeout is not None and timeout <= 0:
         raise _flag_error("--timeout", "must be > 0 seconds")
@@ -484,7 +457,6 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
     spec = Spec(
         argv=argv,
         profile=str(g("name", profile)),
-        name=name,
         uid=uid, gid=gid, allow_root=allow_root,
         env=tuple(sorted(env.items())),
         cwd=flags.get("workdir") or g("cwd", "/"),
@@ -498,10 +470,6 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         rlimits=tuple(rl[k] for k in sorted(rl)),
         timeout=timeout,
         degrade=degrade == "allow",
-        policy=_policy_ref(flags.get("policy")),
-        detach=bool(flags.get("detach")),
-        remove=bool(flags.get("rm")),
-        record=flags.get("record"),
     )
     return replace(spec, profile_digest=_profile_digest(docs))
 
@@ -540,15 +508,15 @@ def _float_or_none(v, what: str):
         raise ValueError(f"{what} '{v}' must be a number") from None
 
 
-_CPUSET = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-
-
 def _cpuset(v, what: str):
     if v is None:
         return None
     v = str(v).replace(" ", "")
-    if not _CPUSET.match(v):
-        raise _flag_error(what, f"'{v}' must be a list like 0-2,4")
+    try:
+        if not cpulist(v):
+            raise ValueError
+    except ValueError:
+        raise _flag_error(what, f"'{v}' must be a list like 0-2,4") from None
     return v
 
 
@@ -599,8 +567,12 @@ def new_id() -> str:
     return os.urandom(32).hex()
 
 
-def _policy_ref(ref: str | None) -> str | None:
-    """A policy path becomes absolute, so `sbx start` re-checks the same file from any directory."""
-    if ref and ("/" in ref or ref.endswith((".yaml", ".yml"))):
-        return os.path.abspath(ref)
-    return ref
+def _seccomp_ref(ref: str) -> str:
+    """A seccomp reference is checked now, so --explain never shows a Spec launch would refuse:
+    a built-in name, unconfined, or a file that parses and compiles (its path made absolute)."""
+    from . import seccomp
+    if ref == "unconfined" or ref in seccomp.BUILTINS:
+        return ref
+    path = os.path.abspath(seccomp.resolve_ref(ref))
+    seccomp.validate(path)
+    return path

@@ -5,12 +5,11 @@ the compiled program depends on and reads the cached BPF. It imports neither
 libseccomp nor the compiler (sandbox.seccomp_bpf); only a cache miss does.
 
 Child side, `install()`: runs after no_new_privs, just before execve. It loads
-the BPF with prctl(PR_SET_SECCOMP) through ctypes: no libseccomp, no imports,
+the BPF with prctl(PR_SET_SECCOMP) through sandbox.syscalls: no libseccomp, no imports,
 one small buffer.
 """
 from __future__ import annotations
 
-import ctypes
 from .digest import sha256
 import os
 import stat
@@ -22,15 +21,9 @@ BUILTINS = ("default", "strict")
 CACHE_MAGIC = b"SBXBPF1\n"
 MAX_PROFILE_BYTES = 4 << 20
 BPF_MAXINSNS = 4096
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
 # Bump when the compiler's output for the same input changes in a way a stat of
 # seccomp_bpf.py would not catch (e.g. a change in how a wheel is installed).
 COMPILER_EPOCH = b"1"
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 # ------------------------------------------------------------------ references
@@ -54,7 +47,7 @@ def builtin_path(name: str) -> str:
     return os.path.join(_policies_dir(), "seccomp", f"{name}.json")
 
 
-def _resolve(ref: str) -> str:
+def resolve_ref(ref: str) -> str:
     if ref in BUILTINS:
         return builtin_path(ref)
     if "/" in ref or ref.endswith(".json") or os.path.exists(ref):
@@ -88,7 +81,8 @@ def _read(path: str) -> bytes:
 
 
 def _caps(caps) -> frozenset[str]:
-    return frozenset(c.upper().removeprefix("CAP_") for c in caps)
+    from .values import cap_bare
+    return frozenset(cap_bare(c) for c in caps)
 
 
 # ------------------------------------------------------------------ cache
@@ -172,7 +166,7 @@ def prepare(ref: str, caps: frozenset[str]) -> bytes | None:
     """BPF program for a profile reference and the kept capabilities; None for 'unconfined'."""
     if ref == "unconfined":
         return None
-    path = _resolve(ref)
+    path = resolve_ref(ref)
     data = _read(path)
     ncaps = _caps(caps)
     key = cache_key(data, ncaps)
@@ -211,14 +205,12 @@ def install(bpf: bytes) -> None:
     n = len(bpf) // 8
     if n == 0 or len(bpf) % 8 or n > BPF_MAXINSNS:
         raise SbxError(f"seccomp: refusing a malformed BPF program ({len(bpf)} bytes)")
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(n, ctypes.addressof(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
-    rc = libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
-                    ctypes.c_void_p(ctypes.addressof(prog)), ctypes.c_ulong(0), ctypes.c_ulong(0))
-    if rc != 0:
-        err = ctypes.get_errno()
+    from . import syscalls as sc
+    try:
+        sc.seccomp_set_filter(bpf)
+    except OSError as e:
+        err = e.errno or 0
         why = {13: "no_new_privs is not set and CAP_SYS_ADMIN is missing",
                22: "the kernel rejected the program or lacks CONFIG_SECCOMP_FILTER",
                14: "bad program address"}.get(err, os.strerror(err))
-        raise SbxError(f"seccomp: cannot install the filter: {why} (errno {err})")
+        raise SbxError(f"seccomp: cannot install the filter: {why} (errno {err})") from None

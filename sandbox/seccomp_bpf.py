@@ -18,6 +18,7 @@ from json.decoder import scanstring
 
 from .errors import SpecError
 from .facts import CAP_NAMES
+from .values import cap_bare
 
 MAX_ERRNO = 4095
 EPERM = 1
@@ -274,7 +275,7 @@ def _kernel_version(doc: _Doc, key: tuple, v) -> tuple[int, ...]:
 
 
 def _cap(doc: _Doc, key: tuple, name: str) -> str:
-    bare = name.upper().removeprefix("CAP_")
+    bare = cap_bare(name)
     if bare not in CAP_NAMES:
         hint = difflib.get_close_matches(bare, CAP_NAMES, n=1)
         raise doc.fail(key, f"unknown capability {name!r}" + (f" (did you mean 'CAP_{hint[0]}'?)" if hint else ""))

@@ -20,7 +20,9 @@ from .digest import sha256
 from .records import replace
 from .spec import Spec, canonical, spec_from_dict
 
-VERSION = 2
+# The modules whose code turns flags and profiles into a Spec: an entry is valid only for the
+# exact files (inode, size, mtime) that produced it, so a change of code never needs a version bump.
+PRODUCERS = ("profiles.py", "spec.py", "values.py", "yamlmarks.py", "records.py", "speccache.py", "seccomp.py")
 MAX_ENTRY = 1 << 20
 
 
@@ -31,9 +33,20 @@ def _stat_sig(path: str) -> list:
 
 def _key(profile: str, flags: dict) -> str:
     bare_env = {e: os.environ.get(e) for e in (flags.get("env") or ()) if "=" not in e}
-    blob = canonical([VERSION, profile, os.getcwd(), sorted((k, repr(v)) for k, v in flags.items()), bare_env,
+    blob = canonical([_code(), profile, os.getcwd(), sorted((k, repr(v)) for k, v in flags.items()), bare_env,
                       os.geteuid()])
     return sha256(blob).hexdigest()
+
+
+def _code() -> list:
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = []
+    for name in PRODUCERS:
+        try:
+            out.append(_stat_sig(os.path.join(here, name)))
+        except OSError:
+            out.append([name])
+    return out
 
 
 def _dir() -> str:

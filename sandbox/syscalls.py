@@ -16,12 +16,6 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
-NS_FLAGS = {
-    "user": CLONE_NEWUSER, "pid": CLONE_NEWPID, "mount": CLONE_NEWNS, "net": CLONE_NEWNET,
-    "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "cgroup": CLONE_NEWCGROUP,
-}
-# /proc/PID/ns/<name> for each of our namespace names.
-NS_PROC_NAME = {"user": "user", "pid": "pid", "mount": "mnt", "net": "net", "uts": "uts", "ipc": "ipc", "cgroup": "cgroup"}
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -228,3 +222,63 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     hbuf = ctypes.create_string_buffer(header, len(header))
     dbuf = ctypes.create_string_buffer(data, len(data))
     _check(libc().syscall(ctypes.c_long(_nr("capset")), hbuf, dbuf), "capset")
+
+
+# seccomp(2) filter installation: prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &sock_fprog).
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_filter(bpf: bytes) -> None:
+    """Load a classic-BPF seccomp program (8-byte instructions) into the calling thread's process."""
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+    _check(libc().prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                        ctypes.c_void_p(ctypes.addressof(prog)), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+           "prctl(PR_SET_SECCOMP)")
+
+
+# Landlock (include/uapi/linux/landlock.h): three syscalls, generic numbers on every arch.
+_NR_LANDLOCK = {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446}
+LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # __attribute__((packed)) in the uapi header: 12 bytes
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is absent (ENOSYS) or disabled (EOPNOTSUPP)."""
+    rv = libc().syscall(ctypes.c_long(_NR_LANDLOCK["create_ruleset"]), None, ctypes.c_size_t(0),
+                        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    return int(rv) if rv > 0 else 0
+
+
+def landlock_create_ruleset(handled_fs: int, handled_net: int, scoped: int, size: int) -> int:
+    """A ruleset fd; `size` is how much of the attr struct the ABI knows (8, 16 or 24 bytes)."""
+    attr = _RulesetAttr(handled_fs, handled_net, scoped)
+    return _check(libc().syscall(ctypes.c_long(_NR_LANDLOCK["create_ruleset"]), ctypes.byref(attr),
+                                 ctypes.c_size_t(size), ctypes.c_uint32(0)), "landlock_create_ruleset")
+
+
+def landlock_add_path_rule(ruleset: int, allowed: int, parent_fd: int) -> None:
+    pb = _PathBeneathAttr(allowed, parent_fd)
+    _check(libc().syscall(ctypes.c_long(_NR_LANDLOCK["add_rule"]), ctypes.c_int(ruleset),
+                          ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(pb), ctypes.c_uint32(0)),
+           "landlock_add_rule")
+
+
+def landlock_restrict_self(ruleset: int) -> None:
+    _check(libc().syscall(ctypes.c_long(_NR_LANDLOCK["restrict_self"]), ctypes.c_int(ruleset), ctypes.c_uint32(0)),
+           "landlock_restrict_self")

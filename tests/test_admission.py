@@ -66,9 +66,8 @@ def test_python_api_is_admitted_too(tmp_path):
 
     def attempt():
         from sandbox import resolve, run
-        spec = resolve(["/bin/touch", str(tmp_path / "ran")], profile="default", cap_add=("SYS_ADMIN",),
-                       policy="restricted")
-        r = run(spec)
+        spec = resolve(["/bin/touch", str(tmp_path / "ran")], profile="default", cap_add=("SYS_ADMIN",), user="0")
+        r = run(spec, policy="restricted")
         return {"exit_code": r.exit_code}
     os.chmod(tmp_path, 0o777)
     r = in_child(attempt)

@@ -134,7 +134,7 @@ def test_docker_conversions():
     assert base.swap_total(Resources(memory=64 * MiB)) == 64 * MiB  # unset: no swap at all (strict choice)
     assert base.swap_total(Resources(memory=64 * MiB, memory_swap=-1)) == -1
     assert base.swap_total(Resources(memory=64 * MiB, memory_swap=96 * MiB)) == 96 * MiB
-    assert base.format_list(base.parse_list("3,0-1,2")) == "0-3"
+    assert base.format_list(base.cpulist("3,0-1,2")) == "0-3"
 
 
 @pytest.mark.parametrize("res,needle", [

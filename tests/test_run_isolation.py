@@ -297,3 +297,17 @@ def test_parked_workload_holds_no_bind_source_fd(tmp_path):
     assert got["seen"], "verification did not run"
     assert not [l for l in got["seen"] if l.startswith(str(tmp_path))], got["seen"]
     assert (src / "fds").read_text().split() == ["0", "1", "2"]
+
+
+def test_spec_digest_is_the_sandbox_not_the_run_options(tmp_path):
+    """--record a.json vs b.json (or --name, --rm) are run options beside the Spec: the digest stays."""
+    digests = set()
+    for i, extra in enumerate((("--record", str(tmp_path / "a.json")), ("--record", str(tmp_path / "b.json")))):
+        p = sbx("run", "--profile", PROFILE, *extra, "--", "/bin/true")
+        assert p.returncode == 0, p.stderr
+        digests.add(json.loads(open(extra[1]).read())["spec_digest"])
+    assert len(digests) == 1, digests
+    p = sbx("run", "--profile", PROFILE, "--explain", "--name", "x1", "--rm", "--", "/bin/true")
+    out = json.loads(p.stdout)
+    assert out["run_options"]["name"] == "x1" and out["run_options"]["remove"] is True
+    assert "name" not in out and "remove" not in out

@@ -18,6 +18,7 @@ from ..records import asdict, field, record
 
 from .. import facts, paths
 from ..errors import SbxError
+from ..values import MIN_MEMORY, cpulist  # noqa: F401 - cpulist: the backends' list parser too
 from ..spec import Resources
 
 PARENT = "sbx"  # every sandbox cgroup is <hierarchy or delegated root>/sbx/<id>
@@ -84,8 +85,8 @@ def validate(res: Resources) -> None:
     def bad(flag: str, why: str) -> SbxError:
         return SbxError(f"{flag}: {why}", where="resources")
 
-    if res.memory is not None and res.memory != -1 and res.memory < 6 * 1024 * 1024:
-        raise bad("--memory", f"{res.memory} bytes is below the 6 MiB minimum")
+    if res.memory is not None and res.memory != -1 and res.memory < MIN_MEMORY:
+        raise bad("--memory", f"{res.memory} bytes is below the {MIN_MEMORY >> 20} MiB minimum")
     if res.memory_swap not in (None, 0, -1):
         if res.memory is None or res.memory == -1:
             raise bad("--memory-swap", "needs --memory (it is the memory+swap total)")
@@ -103,7 +104,7 @@ def validate(res: Resources) -> None:
     for flag, val in (("--cpuset-cpus", res.cpuset_cpus), ("--cpuset-mems", res.cpuset_mems)):
         if val is not None:
             try:
-                if not parse_list(val):
+                if not cpulist(val):
                     raise ValueError
             except ValueError:
                 raise bad(flag, f"{val!r} is not a list like 0-2,4") from None
@@ -136,22 +137,6 @@ def swap_total(res: Resources) -> int | None:
     return res.memory_swap
 
 
-def parse_list(text: str) -> frozenset[int]:
-    """'0-2,4' -> {0,1,2,4} (cpuset list syntax)."""
-    out: set[int] = set()
-    for part in text.strip().split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        a = int(lo)
-        b = int(hi) if sep else a
-        if a < 0 or b < a or b > 1 << 16:
-            raise ValueError(part)
-        out.update(range(a, b + 1))
-    return frozenset(out)
-
-
 def format_list(items) -> str:
     s = sorted(items)
     out = []
@@ -172,14 +157,8 @@ def page_floor(n: int) -> int:
 
 
 def host_has_swap() -> bool:
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f.read(65536).decode().splitlines():
-                if line.startswith("SwapTotal:"):
-                    return int(line.split()[1]) > 0
-    except (OSError, ValueError, IndexError):
-        pass
-    return True  # unknown: assume swap exists, so a missing swap control is not ignored
+    total = facts.read_meminfo().get("SwapTotal")
+    return True if total is None else total > 0  # unknown: assume swap, so a missing swap control is not ignored
 
 
 # ---------------------------------------------------------------- cgroupfs file I/O

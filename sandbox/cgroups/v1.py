@@ -16,7 +16,7 @@ from ..errors import SbxError
 from ..spec import Resources
 from .base import (
     PARENT, UNLIMITED, Cgroup, CgroupStats, Discovered, Unavailable, Write, clamp_shares, degraded_lines,
-    format_list, host_has_swap, labels_for, page_floor, parse_list, quota_us, read_file, read_keyed,
+    format_list, host_has_swap, labels_for, page_floor, cpulist, quota_us, read_file, read_keyed,
     read_pids, refusal, release_lock, rmdir_retry, swap_total, take_lock, wait_until, write_file,
 )
 
@@ -111,7 +111,7 @@ class V1Cgroup(Cgroup):
             for label, name, val in (("cpuset-cpus", "cpuset.cpus", res.cpuset_cpus),
                                      ("cpuset-mems", "cpuset.mems", res.cpuset_mems)):
                 v = val if val is not None else self._parent_value(name)
-                ws.append(Write(label if val is not None else "", "cpuset", name, v, format_list(parse_list(v))))
+                ws.append(Write(label if val is not None else "", "cpuset", name, v, format_list(cpulist(v))))
         if "pids" in self.paths and res.pids_limit is not None:
             v = "max" if res.pids_limit == -1 else str(res.pids_limit)
             ws.append(Write("pids-limit", "pids", "pids.max", v, v))
@@ -123,7 +123,7 @@ class V1Cgroup(Cgroup):
             n = int(raw)
             return "max" if n >= UNLIMITED or n == -1 else str(n)
         if file.startswith("cpuset."):
-            return format_list(parse_list(raw))
+            return format_list(cpulist(raw))
         return raw
 
     # -- freezer

@@ -17,7 +17,7 @@ from ..errors import SbxError
 from ..spec import Resources
 from .base import (
     PARENT, Cgroup, CgroupStats, Discovered, Unavailable, Write, degraded_lines, format_list, host_has_swap,
-    labels_for, page_floor, parse_list, quota_us, read_file, read_keyed, read_lock_record, read_pids, refusal,
+    labels_for, page_floor, cpulist, quota_us, read_file, read_keyed, read_lock_record, read_pids, refusal,
     release_lock, rmdir_retry, shares_to_weight, swap_total, take_lock, wait_until, write_file,
 )
 
@@ -164,7 +164,7 @@ class V2Cgroup(Cgroup):
             for label, name, val in (("cpuset-cpus", "cpuset.cpus", res.cpuset_cpus),
                                      ("cpuset-mems", "cpuset.mems", res.cpuset_mems)):
                 if val is not None:
-                    ws.append(Write(label, u, name, val, format_list(parse_list(val))))
+                    ws.append(Write(label, u, name, val, format_list(cpulist(val))))
         if "pids" in on and res.pids_limit is not None:
             v = "max" if res.pids_limit == -1 else str(res.pids_limit)
             ws.append(Write("pids-limit", u, "pids.max", v, v))
@@ -173,7 +173,7 @@ class V2Cgroup(Cgroup):
     def normalize(self, file: str, raw: str) -> str:
         raw = raw.strip()
         if file.startswith("cpuset."):
-            return format_list(parse_list(raw))
+            return format_list(cpulist(raw))
         return raw
 
     def _need_dir(self, what: str) -> str:
