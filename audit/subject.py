@@ -155,6 +155,10 @@ class Subject:
     network: str | None = None  # "host", "private", "none", "loopback", "bridge"
     published_ports: tuple[str, ...] = ()  # "0.0.0.0:8080->80/tcp" ("0.0.0.0:8080/tcp": container port unknown)
     kernel: str = ""
+    # the image, where known: the reference used, the image's other names, pinned = by digest or full id
+    image: str | None = None
+    image_names: tuple[str, ...] = ()
+    image_pinned: bool = False
     evidence: dict = field(default_factory=dict)
 
 
