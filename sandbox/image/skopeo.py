@@ -66,6 +66,7 @@ def _reason(stderr: bytes) -> str:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         msg = lines[-1] if lines else "failed"
         msg = re.sub(r"^Error:\s*", "", msg)
+    msg = " ".join(msg.replace("* ", "").split())  # Go's multi-error lists: one line
     return msg[:600]
 
 
