@@ -452,24 +452,25 @@ def _short_match(ref: str, path: str, tag: str) -> bool:
 def sandbox_usage() -> tuple[dict[str, list[str]], set[str]]:
     """Which sandboxes (by name or short id) use which image id, and every layer some sandbox stacks.
 
-    A sandbox's config.json records {"image": {"id", "layers", ...}} (sbx run IMAGE); its layers are
-    kept by gc() until `sbx rm` removes the sandbox, even after `rmi -f`.
+    A sandbox's config.json holds its Spec, whose `image` (sbx run IMAGE) names the image id and
+    its diff_ids; gc() keeps those layers until `sbx rm` removes the sandbox, even after `rmi -f`.
     """
     from .. import state
     users: dict[str, list[str]] = {}
     layers: set[str] = set()
     try:
         entries = state.entries()
-    except SbxError:
+    except (SbxError, OSError):
         return users, layers
     for e in entries:
-        img = e.config.get("image")
+        spec = e.config.get("spec")
+        img = spec.get("image") if isinstance(spec, dict) else None
         if not isinstance(img, dict):
             continue
         iid = img.get("id")
         if isinstance(iid, str):
             users.setdefault(iid, []).append(e.name or e.id[:12])
-        for d in img.get("layers", []) or []:
-            if isinstance(d, str):
+        for d in img.get("diff_ids", []) or []:
+            if isinstance(d, str) and reference.DIGEST_RE.match(d):
                 layers.add(d)
     return users, layers
