@@ -152,6 +152,9 @@ def _resolve_image(resolve, ref: str, pull: str | None, cmd: list[str], profile:
         raise SpecError(f"{escape(ref)} is a path, not an image: to run a host command write "
                         f"`sbx run [OPTIONS] -- {escape(ref)} ...`", where="IMAGE")
     from .image.runspec import ImageMissing
+    if ref.startswith(("docker://", "oci:", "oci-archive:", "docker-archive:")):
+        kw["image"] = _transport_ref(ref, policy)
+        return resolve(cmd, profile=profile, record=record, **kw)
     if policy != "always":
         try:
             return resolve(cmd, profile=profile, record=record, **kw)
@@ -169,11 +172,36 @@ def _resolve_image(resolve, ref: str, pull: str | None, cmd: list[str], profile:
     from .image.skopeo import Options
     from .image.reference import RefError
     try:
-        do_pull(ref, Options(), quiet=not sys.stderr.isatty())
+        do_pull(ref, Options())
     except RefError as e:
         raise SpecError(e.message + "; to run a host command write `sbx run [OPTIONS] -- CMD ...`",
                         where="IMAGE") from None
     return resolve(cmd, profile=profile, record=record, **kw)
+
+
+def _transport_ref(ref: str, policy: str) -> str:
+    """`sbx run docker://NAME` is NAME; an archive or layout is imported (unless the store has its name)."""
+    import sys
+    from .cmd_image import do_pull
+    from .image import reference
+    from .image.skopeo import Options
+    parsed = reference.parse(ref)
+    if not parsed.local:
+        name = str(parsed.name)
+        if policy == "always":
+            do_pull(name, Options())
+        return name
+    from .image.pull import local_names
+    from .image.store import Store
+    if policy != "always":
+        names = local_names(parsed)
+        store = Store()
+        if names and store.exists() and store.find(names[0]) is not None:
+            return names[0]
+        if policy == "never":
+            from .image.runspec import ImageMissing
+            raise ImageMissing(ref)
+    return do_pull(ref, Options()).id
 
 
 def _build_click():

@@ -43,7 +43,7 @@ def _dir() -> str:
 def resolve(argv, profile: str, **flags) -> Spec:
     # An image run's argv comes from the image config and the arguments together: part of the key.
     image = bool(flags.get("image"))
-    key = _key(profile, {**flags, "_argv": tuple(argv)} if image else flags)
+    key = _key(profile, {**flags, "_argv": tuple(argv), "_store": paths.data_dir()} if image else flags)
     path = os.path.join(_dir(), key + ".bin")
     try:
         blob = paths.read_private(path, MAX_ENTRY)

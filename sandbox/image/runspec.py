@@ -55,8 +55,8 @@ def resolve(ref: str, *, args: list[str], entrypoint: str | None, user: str | No
             raise SpecError(f"profile '{profile_name}' does not allow uid/gid 0 in the sandbox "
                             "(set user.allow_root: true in a profile that extends it)", where="-u")
         was = f"{uid}:{gid}" + (f" ({u.name})" if u.name else "")
-        notes.append(f"the image's user {was} is root; profile '{profile_name}' does not allow uid/gid 0, "
-                     f"so it runs as {profile_uid}:{profile_gid}")
+        notes.append(f"the image runs as root (User {cfg.user!r} is {was}); profile '{profile_name}' does not "
+                     f"allow uid/gid 0, so it runs as {profile_uid}:{profile_gid}")
         uid, gid, groups = profile_uid, profile_gid, ()
         try:
             home = exec_user(str(uid), passwd, group).home
