@@ -277,3 +277,39 @@ def test_rootless_image_run(images):
         assert out[2:] == ["4242", str(pw.pw_uid), "1"]  # the single-id map of an unprivileged invoker
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_audit_shows_the_image_of_an_sbx_sandbox_and_flags_a_mutable_tag(sbx, images):
+    sid = ok(sbx("run", "-d", "localhost/cfg", "sleep 30")).strip()
+    full = json.loads(ok(sbx("image", "inspect", "localhost/cfg")))[0]["Id"]
+    pinned = ok(sbx("run", "-d", full, "sleep 30")).strip()
+    doc = json.loads(sbx("audit", "--format", "json").stdout)
+    by_id = {c["id"]: c for c in doc["containers"]}
+    c = by_id[sid]
+    assert c["image"] == {"ref": "localhost/cfg", "id": full, "pinned": False}
+    assert any(f["check"] == "SBX-A050" and "'latest'" in f["message"] for f in c["findings"]), c["findings"]
+    assert by_id[pinned]["image"]["pinned"] is True
+    assert not any(f["check"] == "SBX-A050" for f in by_id[pinned]["findings"])
+    table = sbx("audit", sid).stdout
+    assert f"image localhost/cfg ({full[:12]})" in table
+
+
+def test_audit_shows_a_podman_containers_image(tmp_path):
+    need("podman")
+    root = tmp_path / "rootfs"
+    busybox_rootfs(str(root))
+    tarball = tmp_path / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tarball), "."], check=True)
+    tag = f"localhost/sbximg-audit-{os.getpid()}:7"
+    name = f"sbximg-audit-{os.getpid()}"
+    subprocess.run(["podman", "import", "-q", str(tarball), tag], check=True, capture_output=True, timeout=120)
+    try:
+        subprocess.run(["podman", "run", "-d", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit",
+                        "nproc=1024:1024", tag, "sleep", "60"], check=True, capture_output=True, timeout=120)
+        doc = json.loads(_sbx("audit", name, "--format", "json").stdout)
+        c = doc["containers"][0]
+        assert c["runtime"] == "podman" and c["image"]["ref"] == tag, c["image"]
+        assert any(f["check"] == "SBX-A050" for f in c["findings"])
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
