@@ -151,7 +151,7 @@ def _resolve_image(resolve, ref: str, pull: str | None, cmd: list[str], profile:
     if ref.startswith(("/", "./", "../")):
         raise SpecError(f"{escape(ref)} is a path, not an image: to run a host command write "
                         f"`sbx run [OPTIONS] -- {escape(ref)} ...`", where="IMAGE")
-    from .image.runspec import ImageMissing
+    from .image.missing import ImageMissing
     if ref.startswith(("docker://", "oci:", "oci-archive:", "docker-archive:")):
         kw["image"] = _transport_ref(ref, policy)
         return resolve(cmd, profile=profile, record=record, **kw)
@@ -199,7 +199,7 @@ def _transport_ref(ref: str, policy: str) -> str:
         if names and store.exists() and store.find(names[0]) is not None:
             return names[0]
         if policy == "never":
-            from .image.runspec import ImageMissing
+            from .image.missing import ImageMissing
             raise ImageMissing(ref)
     return do_pull(ref, Options()).id
 

@@ -299,3 +299,26 @@ def test_read_only_directories_of_an_image_unpack_and_keep_their_mode(box):
     r = box.layer_root(layer)
     assert os.stat(os.path.join(r, "ro")).st_mode & 0o777 == 0o555
     assert open(os.path.join(r, "ro/inside")).read() == "i"
+
+
+@pytest.mark.parametrize("order", ["whiteout-first", "whiteout-last"])
+def test_a_directory_whited_out_and_recreated_in_one_layer_hides_the_lower_one(box, tmp_path, order):
+    """OCI: a whiteout hides the lower layers' entry, never the same layer's: the new dir must be opaque."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting overlayfs in the init namespace needs root")
+    l1 = Tar().add("opt/old", data=b"old").add("keep", data=b"k").bytes()
+    t = Tar()
+    if order == "whiteout-first":
+        t.add(".wh.opt").add("opt/new", data=b"new")
+    else:
+        t.add("opt/new", data=b"new").add(".wh.opt")
+    l2 = t.bytes()
+    assert box.pull(box.layout(l1, l2)).returncode == 0
+    r1, r2 = box.layer_root(l1), box.layer_root(l2)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          f"mount -t overlay overlay -o ro,lowerdir={r2}:{r1} {mnt} && cd {mnt} && find . | sort"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [".", "./keep", "./opt", "./opt/new"], out.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..errors import SbxError, SpecError, escape
 from ..spec import Image
 from . import config as imgconfig
+from .missing import ImageMissing
 from .passwd import UserError, exec_user
 from .reference import ID_RE
 
@@ -83,9 +84,3 @@ def resolve(ref: str, *, args: list[str], entrypoint: str | None, user: str | No
         exposed_ports=cfg.exposed_ports, notes=tuple(notes))
     return {"image": image, "argv": tuple(argv), "env": env, "uid": uid, "gid": gid, "groups": groups, "cwd": cwd,
             "signature_files": [store.path("refs.json"), f"{img.dir}/image.json"]}
-
-
-class ImageMissing(SbxError):
-    def __init__(self, ref: str):
-        super().__init__(f"no image {escape(ref)} in the store (sbx pull {escape(ref)}, or --pull=missing)")
-        self.ref = ref

@@ -181,10 +181,10 @@ class Reader:
     def _parse(self, blk: bytes, longname: bytes | None) -> Header:
         name = _cstr(blk[0:100])
         chk = _num(blk[148:156], "checksum", name)
-        unsigned = sum(blk[:148]) + 8 * 32 + sum(blk[156:])
-        signed = sum((b - 256 if b > 127 else b) for b in blk[:148]) + 8 * 32 + \
-            sum((b - 256 if b > 127 else b) for b in blk[156:])
-        if chk not in (unsigned, signed):
+        unsigned = sum(blk) - sum(blk[148:156]) + 8 * 32  # the field itself counts as spaces
+        # Some old tars summed signed bytes: only then is the slow signed sum needed.
+        if chk != unsigned and chk != unsigned - 256 * sum(1 for b in blk if b > 127) + \
+                256 * sum(1 for b in blk[148:156] if b > 127):
             raise TarError(f"bad header checksum at byte {self.offset - BLOCK} (not a tar archive, or corrupt)", name)
         magic = blk[257:265]
         if magic[:6] == b"ustar\0":  # POSIX: the prefix field extends the name

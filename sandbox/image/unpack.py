@@ -101,21 +101,22 @@ class Report:
 
 def clean(raw: bytes, layer: str, *, what: str = "entry") -> tuple[str, ...]:
     """Components of a tar name; refuses absolute names, '..', NUL, over-long names."""
-    shown = _show(raw)
     if b"\0" in raw:
-        raise UnpackError(f"layer {layer}: {what} {shown}: NUL in the name")
+        raise UnpackError(f"layer {layer}: {what} {_show(raw)}: NUL in the name")
     if len(raw) > MAX_PATH:
-        raise UnpackError(f"layer {layer}: {what} {shown[:80]}...: name longer than {MAX_PATH} bytes")
+        raise UnpackError(f"layer {layer}: {what} {_show(raw)[:80]}...: name longer than {MAX_PATH} bytes")
     if raw.startswith(b"/"):
-        raise UnpackError(f"layer {layer}: {what} {shown}: absolute path: refusing an entry outside the layer")
+        raise UnpackError(f"layer {layer}: {what} {_show(raw)}: absolute path: refusing an entry outside the layer")
     parts = []
     for c in raw.split(b"/"):
         if c in (b"", b"."):
             continue
         if c == b"..":
-            raise UnpackError(f"layer {layer}: {what} {shown}: '..' in the path: refusing an entry outside the layer")
+            raise UnpackError(f"layer {layer}: {what} {_show(raw)}: '..' in the path: refusing an entry outside "
+                              "the layer")
         if len(c) > MAX_COMPONENT:
-            raise UnpackError(f"layer {layer}: {what} {shown[:80]}...: a name component longer than {MAX_COMPONENT}")
+            raise UnpackError(f"layer {layer}: {what} {_show(raw)[:80]}...: a name component longer than "
+                              f"{MAX_COMPONENT}")
         parts.append(c.decode("utf-8", "surrogateescape"))
     return tuple(parts)
 
@@ -162,10 +163,12 @@ class Unpacker:
                 raise
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             if create and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                # a whiteout this layer wrote earlier, now used as a directory: the layer re-creates the path
+                # a whiteout this layer wrote earlier, now used as a directory: the layer re-creates the
+                # path, and the lower layers' directory stays hidden (overlay: an opaque directory)
                 os.unlink(name, dir_fd=parent)
                 os.mkdir(name, 0o755, dir_fd=parent)
                 fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+                self._set_opaque(fd)
             elif stat.S_ISLNK(st.st_mode):
                 raise self._err(entry, f"{'/'.join(comps)} is a symlink in this layer: refusing to write through it") from None
             else:
@@ -219,8 +222,15 @@ class Unpacker:
             return
         pfd = self._dirfd(comps[:-1], entry)
         if h.type == tarstream.DIR:
+            was_whiteout = self._is_whiteout(pfd, base)
             if not self._clear(pfd, comps, keep_dir=True):
                 os.mkdir(base, 0o700, dir_fd=pfd)
+                if was_whiteout:
+                    fd = os.open(base, DIR_FLAGS, dir_fd=pfd)
+                    try:
+                        self._set_opaque(fd)
+                    finally:
+                        os.close(fd)
             self._delayed[comps] = h
             return
         self._clear(pfd, comps, keep_dir=False)
@@ -277,11 +287,7 @@ class Unpacker:
         base = comps[-1]
         pfd = self._dirfd(comps[:-1], entry)
         if base == OPAQUE.decode():
-            for name in OVERLAY_OPAQUE_XATTRS:
-                if name.startswith("trusted.") and not self.privileged:
-                    continue
-                os.setxattr(pfd, name, b"y")
-            self.report.opaque += 1
+            self._set_opaque(pfd)
             return
         if base.startswith(".wh..wh."):
             return  # AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): nothing to create
@@ -289,12 +295,36 @@ class Unpacker:
         if hidden in ("", ".", ".."):
             raise self._err(entry, "a whiteout of nothing or of '..'")
         try:
-            os.stat(hidden, dir_fd=pfd, follow_symlinks=False)
-            return  # the layer has this name itself: a whiteout hides lower layers only
+            st = os.stat(hidden, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
-            pass
+            st = None
+        if st is not None:
+            # The layer has this name itself: a whiteout never hides the layer's own entries, but it
+            # does hide the lower layers'. A non-directory hides them anyway; a directory must be opaque.
+            if stat.S_ISDIR(st.st_mode):
+                fd = os.open(hidden, DIR_FLAGS, dir_fd=pfd)
+                try:
+                    self._set_opaque(fd)
+                finally:
+                    os.close(fd)
+            return
         os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
         self.report.whiteouts += 1
+
+    def _set_opaque(self, fd: int) -> None:
+        for name in OVERLAY_OPAQUE_XATTRS:
+            if name.startswith("trusted.") and not self.privileged:
+                continue
+            os.setxattr(fd, name, b"y")
+        self.report.opaque += 1
+
+    @staticmethod
+    def _is_whiteout(pfd: int, name: str) -> bool:
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
     def _xattrs(self, fd: int, h: tarstream.Header) -> None:
         for k, v in h.xattrs.items():
