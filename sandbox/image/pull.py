@@ -279,19 +279,40 @@ def pull(text: str, opts: PullOptions | None = None, store: Store | None = None)
                 _say(opts, f"Image {have.short} is up to date ({expect})")
                 return store.image(have.id) or have
             src = f"docker://{name.repo}@{expect}"  # pinned: the tag cannot move between inspect and copy
-            source = str(name)
+            mbytes = raw if expect == top else skopeo.inspect_raw(src, opts.transport, what=f"pull {what}")
+            if blob.digest_bytes(mbytes) != expect:
+                raise PullError(f"pull {what}: the registry served a manifest that is not {expect}: refusing it "
+                                "(nothing stored)")
+            cfg_desc, _ = parse_manifest(mbytes, f"{what}: manifest")
+            _say(opts, f"Pulling {name}")
+            # The download runs while we unpack: each layer starts as soon as its blob is complete.
+            copy = skopeo.Copy(src, blobs, opts.transport, what=f"pull {what}",
+                               progress=opts.progress and not opts.quiet, tmpdir=tmp)
+            try:
+                cbytes = skopeo.inspect_config(src, opts.transport, what=f"pull {what}")
+                if len(cbytes) != cfg_desc["size"] or blob.digest_bytes(cbytes) != cfg_desc["digest"]:
+                    raise PullError(f"pull {what}: the registry served a config that is not {cfg_desc['digest']}: "
+                                    "refusing it (nothing stored)")
+                img = ingest(store, blobs, st, opts=opts, expect=expect, names=names, repo_digests=repo_digests,
+                             digests=digests, source=str(name), what=what, manifest=mbytes, config=cbytes,
+                             wait=copy.wait, before_commit=copy.finish)
+            except BaseException as e:
+                err = copy.failed() if isinstance(e, SbxError) else None
+                copy.kill()
+                if err is not None:
+                    raise err from None  # skopeo's own reason (say, a digest mismatch) says most
+                raise
+            copy.kill()
         else:
             if not os.path.exists(ref.path or ""):
                 raise PullError(f"pull {escape(text)}: {escape(ref.path or '')} does not exist")
             names = local_names(ref)
             src = ref.skopeo()
-            source = src
-            what = src
-        _say(opts, f"Pulling {source}")
-        skopeo.copy_to_dir(src, blobs, opts.transport, what=f"pull {what}",
-                           progress=opts.progress and not opts.quiet, tmpdir=tmp)
-        img = ingest(store, blobs, st, opts=opts, expect=expect, names=names, repo_digests=repo_digests,
-                     digests=digests, source=source, what=what)
+            _say(opts, f"Pulling {src}")
+            skopeo.copy_to_dir(src, blobs, opts.transport, what=f"pull {src}",
+                               progress=opts.progress and not opts.quiet, tmpdir=tmp)
+            img = ingest(store, blobs, st, opts=opts, expect=None, names=names, repo_digests=[],
+                         digests=[], source=src, what=src)
     _say(opts, f"Pulled {img.short} in {time.monotonic() - t0:.1f}s")
     return img
 
@@ -304,13 +325,22 @@ def _blob_fd(blobs: str, digest: str, what: str) -> int:
 
 
 def ingest(store: Store, blobs: str, st: str, *, opts: PullOptions, expect: str | None, names: list[str],
-           repo_digests: list[str], digests: list[str], source: str, what: str) -> Image:
-    """Verify a skopeo dir: copy (manifest.json + blobs by hex digest) and publish it into the store."""
+           repo_digests: list[str], digests: list[str], source: str, what: str, manifest: bytes | None = None,
+           config: bytes | None = None, wait=None, before_commit=None) -> Image:
+    """Verify a skopeo dir: copy (manifest.json + blobs by hex digest) and publish it into the store.
+
+    manifest/config: bytes sbx fetched itself (a registry pull; still checked here), else read from
+    the dir. wait(name): blocks until a blob is complete (a copy still running); before_commit():
+    the copy must have ended well before the image becomes visible.
+    """
     from .store import _read
-    try:
-        mbytes = _read(os.path.join(blobs, "manifest.json"), skopeo.MAX_MANIFEST)
-    except FileNotFoundError:
-        raise PullError(f"{what}: skopeo wrote no manifest") from None
+    if manifest is not None:
+        mbytes = manifest
+    else:
+        try:
+            mbytes = _read(os.path.join(blobs, "manifest.json"), skopeo.MAX_MANIFEST)
+        except FileNotFoundError:
+            raise PullError(f"{what}: skopeo wrote no manifest") from None
     mdigest = blob.digest_bytes(mbytes)
     if expect is not None and mdigest != expect:
         raise PullError(f"{what}: the manifest fetched is {mdigest}, not the {expect} asked for: refusing it "
@@ -318,16 +348,19 @@ def ingest(store: Store, blobs: str, st: str, *, opts: PullOptions, expect: str 
     if mdigest not in digests:
         digests.append(mdigest)
     cfg_desc, layer_descs = parse_manifest(mbytes, f"{what}: manifest")
-    cfd = _blob_fd(blobs, cfg_desc["digest"], what)
-    try:
-        if cfg_desc["size"] > MAX_CONFIG:
-            raise PullError(f"{what}: config of {cfg_desc['size']} bytes (more than {MAX_CONFIG})")
-        blob.verify_fd(cfd, cfg_desc["digest"], cfg_desc["size"], f"{what}: config")
-        cbytes = os.pread(cfd, cfg_desc["size"] + 1, 0)
-    finally:
-        os.close(cfd)
-    if blob.digest_bytes(cbytes) != cfg_desc["digest"]:
-        raise PullError(f"{what}: config changed while being read")
+    if cfg_desc["size"] > MAX_CONFIG:
+        raise PullError(f"{what}: config of {cfg_desc['size']} bytes (more than {MAX_CONFIG})")
+    if config is not None:
+        cbytes = config
+    else:
+        cfd = _blob_fd(blobs, cfg_desc["digest"], what)
+        try:
+            blob.verify_fd(cfd, cfg_desc["digest"], cfg_desc["size"], f"{what}: config")
+            cbytes = os.pread(cfd, cfg_desc["size"] + 1, 0)
+        finally:
+            os.close(cfd)
+    if len(cbytes) != cfg_desc["size"] or blob.digest_bytes(cbytes) != cfg_desc["digest"]:
+        raise PullError(f"{what}: config {cfg_desc['digest']} does not match its digest: refusing it (nothing stored)")
     config, diff_ids = parse_config(cbytes, len(layer_descs), f"{what}: config")
     image_id = _hex(cfg_desc["digest"])
     arch = config.get("architecture")
@@ -345,6 +378,8 @@ def ingest(store: Store, blobs: str, st: str, *, opts: PullOptions, expect: str 
     def one(job):
         i, (desc, diff_id) = job
         try:
+            if wait is not None:
+                wait(_hex(desc["digest"]))
             sizes[diff_id] = ensure_layer(store, blobs, st, desc, diff_id, budget, opts, f"{i + 1}/{n}")
         except BaseException as e:
             if not budget.aborted:
@@ -363,6 +398,8 @@ def ingest(store: Store, blobs: str, st: str, *, opts: PullOptions, expect: str 
         for j in jobs:
             one(j)
 
+    if before_commit is not None:
+        before_commit()
     meta = {
         "id": image_id, "digest": mdigest, "digests": sorted(set(digests)), "layers": diff_ids,
         "layer_blobs": [d["digest"] for d in layer_descs], "size": sum(sizes.values()),

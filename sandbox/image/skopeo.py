@@ -119,12 +119,82 @@ def inspect_raw(ref: str, opts: Options, what: str) -> bytes:
     return p.stdout
 
 
-def copy_to_dir(src: str, dest_dir: str, opts: Options, *, what: str, progress: bool, tmpdir: str) -> None:
-    """skopeo copy SRC dir:DEST (blobs named by hex digest + manifest.json), TMPDIR inside the store."""
-    env = dict(os.environ)
-    env["TMPDIR"] = tmpdir  # archives are extracted there: inside the store, reaped with the staging dir
+def inspect_config(ref: str, opts: Options, what: str) -> bytes:
+    """The config blob of a (pinned) image, as the registry serves it; sbx checks its digest."""
+    p = _run(["inspect", "--raw", "--config", "--retry-times=1", *_auth_args(opts), *_tls_args(opts), "--", ref],
+             what=what, timeout=300)
+    if len(p.stdout) > MAX_MANIFEST * 2:
+        raise RegistryError(f"{what}: the config is larger than {MAX_MANIFEST * 2} bytes")
+    return p.stdout
+
+
+def _copy_args(src: str, dest_dir: str, opts: Options, progress: bool) -> list[str]:
     args = ["copy", "--retry-times=1", *_auth_args(opts, "src-"), *_tls_args(opts, "src-")]
     if not progress:
         args.append("--quiet")
-    args += ["--", src, "dir:" + dest_dir]
-    _run(args, what=what, env=env, stdout=(sys.stderr.fileno() if progress else subprocess.DEVNULL))
+    return args + ["--", src, "dir:" + dest_dir]
+
+
+def _copy_env(tmpdir: str) -> dict:
+    env = dict(os.environ)
+    env["TMPDIR"] = tmpdir  # archives are extracted there: inside the store, reaped with the staging dir
+    return env
+
+
+def copy_to_dir(src: str, dest_dir: str, opts: Options, *, what: str, progress: bool, tmpdir: str) -> None:
+    """skopeo copy SRC dir:DEST (blobs named by hex digest + manifest.json), TMPDIR inside the store."""
+    _run(_copy_args(src, dest_dir, opts, progress), what=what, env=_copy_env(tmpdir),
+         stdout=(sys.stderr.fileno() if progress else subprocess.DEVNULL))
+
+
+class Copy:
+    """A running `skopeo copy SRC dir:DEST`, for unpacking each blob as soon as it is complete.
+
+    skopeo's dir: destination writes a blob to a temporary name and renames it to its digest when
+    it is whole, so a blob under its final name can be read (sbx still verifies it). wait()
+    returns once that file exists, or raises once skopeo has failed (with skopeo's reason).
+    """
+
+    def __init__(self, src: str, dest_dir: str, opts: Options, *, what: str, progress: bool, tmpdir: str):
+        self.what = what
+        self.dest = dest_dir
+        self.proc = subprocess.Popen([binary(), *_copy_args(src, dest_dir, opts, progress)], env=_copy_env(tmpdir),
+                                     stdout=(sys.stderr.fileno() if progress else subprocess.DEVNULL),
+                                     stderr=subprocess.PIPE, preexec_fn=_pdeathsig, close_fds=True)
+        self._err: bytes | None = None
+
+    def failed(self) -> RegistryError | None:
+        rc = self.proc.poll()
+        if rc is None or rc == 0:
+            return None
+        return RegistryError(f"{self.what}: {_reason(self._stderr())}")
+
+    def _stderr(self) -> bytes:
+        if self._err is None:
+            self._err = self.proc.stderr.read() if self.proc.stderr else b""
+        return self._err
+
+    def wait(self, name: str) -> None:
+        import time
+        path = os.path.join(self.dest, name)
+        delay = 0.002
+        while not os.path.exists(path):
+            rc = self.proc.poll()
+            if rc is not None and not os.path.exists(path):
+                raise self.failed() or RegistryError(f"{self.what}: skopeo finished without blob {name}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+    def finish(self) -> None:
+        self.proc.wait()
+        err = self.failed()
+        if err is not None:
+            raise err
+        self._stderr()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
