@@ -590,6 +590,8 @@ def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
             step = "image mountpoints"
             for d in ("tmp", "proc", "dev") + (("sys",) if fs.sys else ()):
                 os.close(root.open(d, create="dir"))
+            if spec.cwd.strip("/") and not root.exists(spec.cwd):
+                os.close(root.open(spec.cwd, create="dir"))  # Docker creates a missing WorkingDir
         else:
             step = "root tmpfs"
             sc.mount(ROOT_SOURCE, new, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=4m")

@@ -99,6 +99,7 @@ def test_entrypoint_cmd_env_workdir_user_with_dockers_rules(sbx):
     assert ok(sbx("run", "--entrypoint", "/bin/echo", "localhost/cfg")).strip() == ""  # drops the image's Cmd
     assert ok(sbx("run", "--entrypoint", "/bin/echo", "localhost/cfg", "a", "b")).strip() == "a b"
     assert ok(sbx("run", "-u", "nobody", "localhost/cfg", "id -u; echo $HOME")).split() == ["65534", "/nonexistent"]
+    assert ok(sbx("run", "-w", "/not/in/the/image", "localhost/cfg", "pwd")).strip() == "/not/in/the/image"
 
 
 def test_strict_runs_a_root_image_as_nobody_and_explain_says_so(sbx):
@@ -313,3 +314,18 @@ def test_audit_shows_a_podman_containers_image(tmp_path):
     finally:
         subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
         subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def test_a_store_without_idmapped_mount_support_is_a_refusal_not_a_fallback(sbx, images, tmp_path):
+    """ramfs cannot be idmapped: without idmapping the image's files would show as nobody (or as
+    the workload's own uid); sbx refuses instead of running with the wrong owners."""
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mnt)], check=True)
+    try:
+        env = {"SBX_DATA_DIR": str(mnt / "store")}
+        assert sbx("pull", "-q", f"oci:{images['layout']}:root", env=env).returncode == 0
+        p = sbx("run", "localhost/root", env=env)
+        assert p.returncode == 125 and "idmapped mount" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
