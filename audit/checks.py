@@ -828,6 +828,7 @@ def markdown() -> str:
               "{schema_version: \"1\", tool: {name, version}, kernel,",
               " summary: {containers, findings: {critical, high, medium, low, info}},",
               " containers: [{id, name, runtime, init_pid, pids, processes, command, cgroup, labels, helpers,",
+              "               image: null | {ref, id, pinned},",
               "               score, pss, worst, error,",
               "               posture: {uid, host_uid, gid, host_gid, userns, root_maps_host_root, cap_eff,",
               "                         cap_bnd, cap_amb, no_new_privs, seccomp, lsm_label, host_namespaces,",

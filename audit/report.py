@@ -98,7 +98,7 @@ def summary(results: list["Result"]) -> dict:
 
 def to_json(results: list["Result"], host_kernel: str = "") -> str:
     """Schema v1: {schema_version, tool, kernel, summary, containers:[{id,name,runtime,init_pid,pids,
-    processes,command,cgroup,labels,helpers,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
+    processes,command,cgroup,labels,helpers,image,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
     doc = {
         "schema_version": JSON_SCHEMA_VERSION,
         "tool": {"name": "sbx audit", "version": TOOL_VERSION},
