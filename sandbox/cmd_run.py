@@ -227,7 +227,7 @@ def _build_click():
             params.append(click.Option(decls, is_flag=True, default=False, help=hlp))
         else:
             params.append(click.Option(decls, multiple=kind == "multi", type=typ, help=hlp))
-    return RunCommand("run", callback=callback, params=params, help="Run CMD in a sandbox (default profile: strict).",
+    return RunCommand("run", callback=callback, params=params, help="Run `-- CMD` (a host command) or `IMAGE [ARG...]` in a sandbox (default profile: strict).",
                          context_settings={"allow_interspersed_args": False})
 
 
