@@ -655,7 +655,8 @@ def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None 
         memory_limit=mem, pids_limit=pids, cpu_limit=cpu,
         processes=(os.path.basename(spec.argv[0]),) if spec.argv else (),
         listeners_all_interfaces=(), network=spec.network,
-        image=img.ref if img is not None else None, image_names=tuple(img.names) if img is not None else (),
-        image_pinned=bool(img.pinned) if img is not None else False,
+        image=spec.image.ref if spec.image is not None else None,
+        image_names=tuple(spec.image.names) if spec.image is not None else (),
+        image_pinned=bool(spec.image.pinned) if spec.image is not None else False,
         published_ports=ports, kernel=kernel if kernel is not None else facts.kernel_release(),
     )

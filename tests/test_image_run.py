@@ -240,11 +240,14 @@ def test_a_hostile_image_symlinked_mountpoint_is_refused(sbx):
 
 
 def test_writable_root_profile_gets_a_private_upper_layer(sbx, images):
-    out = ok(sbx("run", "--profile", "default", "localhost/cfg", "echo hi > /work/new && cat /work/new")).strip()
-    assert out == "hi"
+    # app owns /home/app in the image: its writes go to the sandbox's own upper layer
+    out = ok(sbx("run", "--profile", "default", "localhost/cfg", "echo hi > /home/app/new && cat /home/app/new"))
+    assert out.strip() == "hi"
+    p = sbx("run", "--profile", "default", "localhost/cfg", "echo x > /etc/passwd")  # root's file: not app's
+    assert p.returncode != 0 and "Permission denied" in p.stderr
     # nothing of it reached the shared layers
     for h in store_state(images["data"])["layers"]:
-        assert not os.path.exists(os.path.join(images["data"], "layers", h, "root", "work", "new"))
+        assert not os.path.exists(os.path.join(images["data"], "layers", h, "root", "home", "app", "new"))
 
 
 def test_rootless_image_run(images):
