@@ -752,6 +752,20 @@ def by_id() -> dict[str, Check]:
     return {c.id: c for c in CHECKS}
 
 
+# --- image ------------------------------------------------------------------
+
+@check("SBX-A050", "Image named by a mutable tag", "low",
+       "A tag (`:latest`, or any tag) can be moved to other content by whoever controls the registry or the "
+       "local store, so the same command may start a different image tomorrow; only a digest names content.",
+       "Run the image by NAME@sha256:DIGEST (sbx pull prints the digest; sbx image inspect shows it).",
+       ("runtime state (image reference)",), ksv="KSV013", kubescape="C-0075")
+def _mutable_tag(s: Subject):
+    if s.image and not s.image_pinned:
+        tag = s.image.rsplit("/", 1)[-1].partition(":")[2] or "latest"
+        return [(f"image {s.image} is named by the tag '{tag}', not by a digest", {"image": s.image})]
+    return []
+
+
 def run_checks(s: Subject, only: set[str] | None = None) -> list[Finding]:
     out: list[Finding] = []
     for c in CHECKS:
@@ -814,6 +828,7 @@ def markdown() -> str:
               "{schema_version: \"1\", tool: {name, version}, kernel,",
               " summary: {containers, findings: {critical, high, medium, low, info}},",
               " containers: [{id, name, runtime, init_pid, pids, processes, command, cgroup, labels, helpers,",
+              "               image: null | {ref, id, pinned},",
               "               score, pss, worst, error,",
               "               posture: {uid, host_uid, gid, host_gid, userns, root_maps_host_root, cap_eff,",
               "                         cap_bnd, cap_amb, no_new_privs, seccomp, lsm_label, host_namespaces,",

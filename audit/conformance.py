@@ -17,6 +17,7 @@ from sandbox import namespaces
 from . import predicates as P
 from .checks import Finding
 from .policy import Policy
+from .policy_images import RULES as _IMAGE_RULES
 from .subject import Subject
 
 CRITICAL, HIGH, MEDIUM, LOW, INFO = "critical", "high", "medium", "low", "info"
@@ -45,6 +46,7 @@ RULES: dict[str, tuple[str, str]] = {
     "SBX-P060": ("network mode not allowed by the policy", HIGH),
     "SBX-P061": ("published port outside the policy's range", MEDIUM),
     "SBX-P062": ("listening on all interfaces where the policy forbids it", MEDIUM),
+    **_IMAGE_RULES,  # SBX-P070/P071: the images: rule (audit/policy_images.py)
     "SBX-P099": ("waiver expired", LOW),
 }
 
@@ -148,6 +150,8 @@ def evaluate(policy: Policy, s: Subject, *, spec=None) -> list[Finding]:
     if policy.get("network.bind_all_interfaces") == "forbidden":
         for lst in list(s.listeners_all_interfaces) + P.wildcard_ports(s):
             out.append(_f("SBX-P062", f"{lst} listens on all interfaces", listener=lst))
+    from .policy_images import evaluate as _images
+    out += _images(policy, s, _f)
     return out
 
 

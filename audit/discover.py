@@ -106,6 +106,11 @@ class Container:
     name: str | None = None
     pod_uid: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # The image, from the runtime's own state where it records one (sbx, podman): the name it was
+    # run by, its id, and whether that name pins content (NAME@sha256:..., or the full id).
+    image: str | None = None
+    image_id: str | None = None
+    image_pinned: bool = False
     # What discovery already read for the judged process (ns inodes, cgroup entries, status): not read twice.
     init_ns: dict = field(default_factory=dict, repr=False)
     init_cgroups: list = field(default_factory=list, repr=False)
@@ -492,14 +497,34 @@ def _cmdline(pid: int) -> list[str]:
 # --- enrichment from local metadata (optional; never required) ---------------
 
 def _podman_names() -> dict[str, str]:
-    out: dict[str, str] = {}
+    return {k: v[0] for k, v in _podman_state().items() if v[0]}
+
+
+def _podman_state() -> dict[str, tuple[str | None, str | None, str | None]]:
+    """containers/storage's containers.json: id -> (name, image name, image id)."""
+    out: dict[str, tuple[str | None, str | None, str | None]] = {}
     for path in ("/var/lib/containers/storage/overlay-containers/containers.json",):
         data = _read_json(path)
         if isinstance(data, list):
             for c in data:
-                if isinstance(c, dict) and isinstance(c.get("id"), str) and c.get("names"):
-                    out[c["id"]] = str(c["names"][0])
+                if not isinstance(c, dict) or not isinstance(c.get("id"), str):
+                    continue
+                name = str(c["names"][0]) if c.get("names") else None
+                image_id = c.get("image") if isinstance(c.get("image"), str) else None
+                image = None
+                try:
+                    meta = json.loads(c.get("metadata") or "{}")
+                    image = meta.get("image-name") if isinstance(meta.get("image-name"), str) else None
+                except (ValueError, TypeError, AttributeError):
+                    pass
+                out[c["id"]] = (name, image, image_id)
     return out
+
+
+def _pinned(ref: str | None, image_id: str | None = None) -> bool:
+    if not ref:
+        return False
+    return "@sha256:" in ref or (image_id is not None and ref.removeprefix("sha256:") == image_id)
 
 
 def _docker_name(cid: str) -> str | None:
@@ -525,12 +550,14 @@ def _sbx_meta(cid: str) -> dict | None:
 
 
 def enrich(containers: list[Container]) -> None:
-    podman: dict[str, str] | None = None
+    podman: dict | None = None
     for c in containers:
-        if c.runtime == "podman" and c.name is None:
+        if c.runtime == "podman":
             if podman is None:
-                podman = _podman_names()
-            c.name = podman.get(c.id)
+                podman = _podman_state()
+            name, c.image, c.image_id = podman.get(c.id, (None, None, None))
+            c.name = c.name or name
+            c.image_pinned = _pinned(c.image, c.image_id)
         elif c.runtime == "docker":
             c.name = _docker_name(c.id)
         elif c.runtime == "sbx":
@@ -541,6 +568,10 @@ def enrich(containers: list[Container]) -> None:
                 ports = (meta.get("spec") or {}).get("ports")
                 if isinstance(ports, list):
                     c.declared_ports = [p for p in ports if isinstance(p, dict)][:256]
+                img = (meta.get("spec") or {}).get("image")
+                if isinstance(img, dict) and isinstance(img.get("ref"), str):
+                    c.image, c.image_id = img["ref"], img.get("id") if isinstance(img.get("id"), str) else None
+                    c.image_pinned = bool(img.get("pinned"))
         elif c.runtime in ("lxc", "nspawn"):
             c.name = c.name or c.id
         if c.pod_uid:

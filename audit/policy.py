@@ -11,6 +11,7 @@
     resources: {memory: {required: true, max: 2g}, pids: {required: true, max: 4096},
                 cpu: {required: false, max: 4}, rlimits: {nofile: 65536}}
     network: {allowed_modes: [none, loopback], published_ports: "1024-65535", host_network: forbidden}
+    images: {allowed_registries: [registry.example.com, quay.io/myorg], require_digest: true}
     waivers: [{check: SBX-P001, selector: {name: "web-*"}, expires: 2027-01-31, reason: "..."}]
     mac: {files: {read: [/usr/**], write: [/tmp/**], exec: [/usr/bin/**]}, network: [unix],
           syscalls: {base: strict, allow: [], deny: []}}
@@ -57,6 +58,7 @@ SCHEMA: dict = {
     "network": {"allowed_modes": "strs", "published_ports": "str", "host_network": "str",
                 "bind_all_interfaces": "str"},
     "waivers": "list",
+    "images": {"allowed_registries": "list", "require_digest": "bool"},  # audit/policy_images.py
     "mac": {
         "files": {"read": "strs", "write": "strs", "exec": "strs"},
         "network": "strs",
@@ -230,6 +232,8 @@ def lint(path: str, text: str | None = None) -> tuple[Policy | None, list[SpecEr
             errors.append(doc.error(f"controls.selinux_types[{i}]", f"{t!r} is not an SELinux type"))
     _lint_resources(doc, data, errors)
     _lint_syscalls(doc, data, errors)
+    from . import policy_images
+    policy_images.lint(doc, data, errors)
     waivers = _lint_waivers(doc, data, errors)
     if errors:
         return None, errors

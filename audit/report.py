@@ -68,6 +68,7 @@ def container_dict(r: "Result") -> dict:
         "cgroup": c.cgroup_path,
         "labels": c.labels,
         "helpers": {str(pid): h for pid, h in sorted(c.helpers.items())},
+        "image": None if not c.image else {"ref": c.image, "id": c.image_id, "pinned": c.image_pinned},
         "score": r.score,
         "pss": r.pss,
         "worst": r.worst,
@@ -97,7 +98,7 @@ def summary(results: list["Result"]) -> dict:
 
 def to_json(results: list["Result"], host_kernel: str = "") -> str:
     """Schema v1: {schema_version, tool, kernel, summary, containers:[{id,name,runtime,init_pid,pids,
-    processes,command,cgroup,labels,helpers,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
+    processes,command,cgroup,labels,helpers,image,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
     doc = {
         "schema_version": JSON_SCHEMA_VERSION,
         "tool": {"name": "sbx audit", "version": TOOL_VERSION},
@@ -218,6 +219,9 @@ def to_table(results: list["Result"], colour: bool = False, width: int = WIDTH) 
         tail = f"  pid {c.init_pid}  score {r.score}/100  pss {r.pss}  {_counts(r.findings)}"
         head = f"{escape(c.runtime)} "
         lines.append(head + _fit(escape(c.display), width - len(head) - len(tail)) + tail)
+        if c.image:
+            lines.append(_fit(f"  image {escape(c.image)}" + (f" ({escape(c.image_id[:12])})" if c.image_id else ""),
+                              width))
         if r.command:
             cmd = escape(" ".join(r.command))
             got = textwrap.wrap(cmd, width, initial_indent="  $ ", subsequent_indent="    ", max_lines=4,

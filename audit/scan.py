@@ -48,6 +48,7 @@ def audit_container(c: Container, host: HostInfo, cache: _Cache | None = None) -
         subj = subject_from_facts(pf, host, comms=list(c.comms.values()), name=c.display, runtime=c.runtime,
                                   group_pids=c.pids, cache=cache, mounts_complete=complete,
                                   forwarders=c.forwarders, declared_ports=c.declared_ports)
+        subj.image, subj.image_pinned = c.image, c.image_pinned  # from the runtime's state (discover.enrich)
     except facts.ProcessGone:
         return None
     except OSError as e:

@@ -155,6 +155,10 @@ class Subject:
     network: str | None = None  # "host", "private", "none", "loopback", "bridge"
     published_ports: tuple[str, ...] = ()  # "0.0.0.0:8080->80/tcp" ("0.0.0.0:8080/tcp": container port unknown)
     kernel: str = ""
+    # the image, where known: the reference used, the image's other names, pinned = by digest or full id
+    image: str | None = None
+    image_names: tuple[str, ...] = ()
+    image_pinned: bool = False
     evidence: dict = field(default_factory=dict)
 
 
@@ -651,5 +655,8 @@ def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None 
         memory_limit=mem, pids_limit=pids, cpu_limit=cpu,
         processes=(os.path.basename(spec.argv[0]),) if spec.argv else (),
         listeners_all_interfaces=(), network=spec.network,
+        image=spec.image.ref if spec.image is not None else None,
+        image_names=tuple(spec.image.names) if spec.image is not None else (),
+        image_pinned=bool(spec.image.pinned) if spec.image is not None else False,
         published_ports=ports, kernel=kernel if kernel is not None else facts.kernel_release(),
     )

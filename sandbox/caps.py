@@ -17,7 +17,7 @@ from .facts import CAP_NUMBERS, cap_last, names_to_mask
 from .errors import SbxError
 
 
-def drop(keep: tuple[str, ...], uid: int, gid: int, *, rootless: bool) -> None:
+def drop(keep: tuple[str, ...], uid: int, gid: int, *, rootless: bool, groups: tuple[int, ...] = ()) -> None:
     """Cut the bounding set to `keep`, switch to uid/gid, and give the kept set to uid 0 only.
 
     Docker's semantics: capabilities belong to root. A non-root workload keeps
@@ -37,7 +37,7 @@ def drop(keep: tuple[str, ...], uid: int, gid: int, *, rootless: bool) -> None:
         sc.prctl(sc.PR_SET_KEEPCAPS, 1)
     try:
         if not rootless:
-            os.setgroups([])
+            os.setgroups(list(groups))  # an image user's groups (its /etc/group); none otherwise
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     except OSError as e:

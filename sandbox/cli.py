@@ -31,6 +31,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("audit.policy_cli", "policy_cmd"),
     "profile": ("sandbox.cmd_profile", "profile_cmd"),
     "doctor": ("sandbox.doctor", "doctor_cmd"),
+    "login": ("sandbox.cmd_image", "login_cmd"),
+    "logout": ("sandbox.cmd_image", "logout_cmd"),
+    "pull": ("sandbox.cmd_image", "pull_cmd"),
+    "images": ("sandbox.cmd_image", "images_cmd"),
+    "image": ("sandbox.cmd_image", "image_cmd"),
+    "rmi": ("sandbox.cmd_image", "rmi_cmd"),
 }
 
 

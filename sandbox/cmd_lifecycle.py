@@ -67,6 +67,7 @@ def describe(e: state.Entry) -> dict:
         "profile": spec.get("profile"),
         "argv": spec.get("argv"),
         "env": [f"{k}={v}" for k, v in spec.get("env", ())],
+        "image": _image_view(spec.get("image")),
         "state": {
             "status": status,
             "running": status in (state.RUNNING, state.PAUSED),
@@ -96,6 +97,33 @@ def describe(e: state.Entry) -> dict:
         "log_path": os.path.join(e.dir, "sandbox.log"),
         "spec": spec,
     }
+
+
+def _image_view(img) -> dict | None:
+    """An image sandbox's image, its own env and the run's env apart (`env` above is what the workload got)."""
+    if not isinstance(img, dict):
+        return None
+    return {"ref": img.get("ref"), "id": img.get("id"), "digest": img.get("digest"), "names": img.get("names"),
+            "env": img.get("env"), "run_env": img.get("run_env"), "entrypoint": img.get("entrypoint"),
+            "cmd": img.get("cmd"), "user": img.get("user"), "workdir": img.get("workdir"),
+            "labels": dict(img.get("labels") or ()), "stop_signal": img.get("stop_signal"),
+            "exposed_ports": img.get("exposed_ports"), "notes": img.get("notes")}
+
+
+def stop_signal(e: state.Entry) -> int:
+    """The image's StopSignal when it has one init forwards, else SIGTERM (as Docker's default)."""
+    from .initproc import FORWARD
+    img = (e.config.get("spec") or {}).get("image") or {}
+    name = img.get("stop_signal") if isinstance(img, dict) else None
+    if isinstance(name, str):
+        try:
+            from .image.config import signal_number
+            n = signal_number(name)
+        except SbxError:
+            return signal.SIGTERM
+        if n in FORWARD or n == signal.SIGKILL:
+            return n
+    return signal.SIGTERM
 
 
 def _each(refs, fn) -> int:
@@ -319,8 +347,9 @@ def stop(e: state.Entry, timeout: float) -> None:
         return  # already stopped: not an error, as in docker
     if e.status == state.PAUSED:
         _unpause(e)  # a frozen task cannot act on SIGTERM
-    events.emit("kill", e.id, e.name, signal="SIGTERM")
-    sent = signal_sandbox(e, signal.SIGTERM)
+    sig = stop_signal(e)
+    events.emit("kill", e.id, e.name, signal=signal.Signals(sig).name)
+    sent = signal_sandbox(e, sig)
     if sent and not wait_init(e, timeout):
         events.emit("kill", e.id, e.name, signal="SIGKILL")
         signal_sandbox(e, signal.SIGKILL)
@@ -329,7 +358,7 @@ def stop(e: state.Entry, timeout: float) -> None:
     events.emit("stop", e.id, e.name)
 
 
-@click.command("stop", help="SIGTERM the sandbox, wait, then SIGKILL.")
+@click.command("stop", help="SIGTERM (an image's StopSignal) the sandbox, wait, then SIGKILL.")
 @click.option("-t", "--time", "timeout", type=float, default=STOP_TIMEOUT, show_default=True,
               help="Seconds to wait before SIGKILL.")
 @click.argument("refs", nargs=-1, required=True)

@@ -1,5 +1,11 @@
 """`sbx run`: flags -> Spec -> launch. The CLI adds nothing the API does not have.
 
+    sbx run [OPTIONS] -- CMD [ARG...]        a host command (host view, or --rootfs DIR)
+    sbx run [OPTIONS] IMAGE [ARG...]         an image: its Entrypoint + Cmd (ARGs replace Cmd)
+
+An argument list that starts with `--` is a host command; otherwise the first word is an image
+reference (podman's and Docker's spelling). `sbx run /bin/true` is answered with a hint.
+
 The option table below drives both the click command (help, error messages)
 and a small click-free parser used for the common case, because importing
 click costs ~20-30 ms of a ~90 ms cold start. Anything the fast parser does not
@@ -39,7 +45,10 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, type, str], ...] = (
     (("--policy",), "policy", "value", str, "Admission policy (file or built-in name)."),
     (("--explain",), "explain", "flag", bool, "Print the resolved Spec and exit without running."),
     (("--record",), "record", "value", str, "Write a JSON run record to FILE."),
+    (("--entrypoint",), "entrypoint", "value", str, "Image runs: replace the image's Entrypoint (and drop its Cmd)."),
+    (("--pull",), "pull", "value", str, "Image runs: missing (default) | always | never."),
 )
+PULL_POLICIES = ("missing", "always", "never")
 
 
 # option name -> (dest, kind, type)
@@ -51,6 +60,7 @@ def fast_parse(args: list[str]) -> dict | None:
     """Parse `run` arguments without click; None means "let click handle it" (help, errors, oddities)."""
     kw: dict = {dest: (() if kind == "multi" else (False if kind == "flag" else None))
                 for _, dest, kind, _, _ in OPTIONS}
+    kw["image"] = None
     i = 0
     while i < len(args):
         a = args[i]
@@ -58,7 +68,8 @@ def fast_parse(args: list[str]) -> dict | None:
             kw["cmd"] = args[i + 1:]
             break
         if not a.startswith("-") or a == "-":
-            kw["cmd"] = args[i:]
+            kw["image"] = a
+            kw["cmd"] = args[i + 1:]
             break
         name, eq, val = a.partition("=") if a.startswith("--") else (a, "", "")
         opt = _BY_NAME.get(name)
@@ -98,7 +109,17 @@ def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
 
     kw["record"] = record
     opts = run_options(kw)  # beside the Spec: they change how this run is handled, not the sandbox
-    spec = resolve(list(cmd), profile=profile, hostname_default=opts.name, **kw)
+    kw["hostname_default"] = opts.name
+    pull = kw.pop("pull", None)
+    image = kw.get("image")
+    if not image:
+        kw.pop("image", None)
+        if pull is not None:
+            from .errors import SpecError
+            raise SpecError("--pull is for images (sbx run [OPTIONS] IMAGE [ARG...])", where="--pull")
+        spec = resolve(list(cmd), profile=profile, **kw)
+    else:
+        spec = _resolve_image(resolve, image, pull, list(cmd), profile, kw)
     if explain:
         if opts.policy:
             from .admission import admit
@@ -122,11 +143,87 @@ def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
     return result.exit_code
 
 
+def _resolve_image(resolve, ref: str, pull: str | None, cmd: list[str], profile: str, kw: dict):
+    """--pull: missing (the default: pull unless the store has it), always, never. A host path gets a hint.
+
+    The warm path is one spec-cache hit: the cache entry is valid only while refs.json and the
+    image's record are unchanged, so a hit means the image is in the store.
+    """
+    from .errors import SpecError, escape
+    policy = pull or "missing"
+    if policy not in PULL_POLICIES:
+        raise SpecError(f"--pull={escape(policy)}: use missing, always or never", where="--pull")
+    if ref.startswith(("/", "./", "../")):
+        raise SpecError(f"{escape(ref)} is a path, not an image: to run a host command write "
+                        f"`sbx run [OPTIONS] -- {escape(ref)} ...`", where="IMAGE")
+    from .image.missing import ImageMissing
+    if ref.startswith(("docker://", "oci:", "oci-archive:", "docker-archive:")):
+        kw["image"] = _transport_ref(ref, policy)
+        return resolve(cmd, profile=profile, **kw)
+    if policy != "always":
+        try:
+            return resolve(cmd, profile=profile, **kw)
+        except ImageMissing:
+            if policy == "never":
+                raise
+    if pull is None and "/" not in ref and ":" not in ref and "@" not in ref:
+        import shutil
+        if shutil.which(ref):
+            raise SpecError(f"no image {escape(ref)} in the store, and {escape(ref)} is a host command: to run it "
+                            f"write `sbx run [OPTIONS] -- {escape(ref)} ...`; to pull the image give --pull=missing",
+                            where="IMAGE")
+    import sys
+    from .cmd_image import do_pull
+    from .image.skopeo import Options
+    from .image.reference import RefError
+    try:
+        do_pull(ref, Options())
+    except RefError as e:
+        raise SpecError(e.message + "; to run a host command write `sbx run [OPTIONS] -- CMD ...`",
+                        where="IMAGE") from None
+    return resolve(cmd, profile=profile, **kw)
+
+
+def _transport_ref(ref: str, policy: str) -> str:
+    """`sbx run docker://NAME` is NAME; an archive or layout is imported (unless the store has its name)."""
+    import sys
+    from .cmd_image import do_pull
+    from .image import reference
+    from .image.skopeo import Options
+    parsed = reference.parse(ref)
+    if not parsed.local:
+        name = str(parsed.name)
+        if policy == "always":
+            do_pull(name, Options())
+        return name
+    from .image.pull import local_names
+    from .image.store import Store
+    if policy != "always":
+        names = local_names(parsed)
+        store = Store()
+        if names and store.exists() and store.find(names[0]) is not None:
+            return names[0]
+        if policy == "never":
+            from .image.missing import ImageMissing
+            raise ImageMissing(ref)
+    return do_pull(ref, Options()).id
+
+
 def _build_click():
     import click
 
+    class RunCommand(click.Command):
+        def parse_args(self, ctx, args):
+            # click drops the `--` marker; whether it came before the first word decides host vs image
+            ctx.meta["sbx_image_mode"] = _first_word_is_image(args)
+            return super().parse_args(ctx, args)
+
     def callback(**kw):
-        return do_run(kw.pop("profile") or "strict", kw.pop("explain"), kw.pop("record"), kw.pop("cmd"), **kw)
+        cmd = list(kw.pop("cmd"))
+        kw["image"] = None
+        if click.get_current_context().meta.get("sbx_image_mode") and cmd:
+            kw["image"], cmd = cmd[0], cmd[1:]
+        return do_run(kw.pop("profile") or "strict", kw.pop("explain"), kw.pop("record"), cmd, **kw)
 
     params = [click.Argument(["cmd"], nargs=-1, required=False, type=click.UNPROCESSED)]
     for names, dest, kind, typ, hlp in OPTIONS:
@@ -135,8 +232,24 @@ def _build_click():
             params.append(click.Option(decls, is_flag=True, default=False, help=hlp))
         else:
             params.append(click.Option(decls, multiple=kind == "multi", type=typ, help=hlp))
-    return click.Command("run", callback=callback, params=params, help="Run CMD in a sandbox (default profile: strict).",
+    return RunCommand("run", callback=callback, params=params, help="Run `-- CMD` (a host command) or `IMAGE [ARG...]` in a sandbox (default profile: strict).",
                          context_settings={"allow_interspersed_args": False})
+
+
+def _first_word_is_image(args: list[str]) -> bool:
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            return False
+        if not a.startswith("-") or a == "-":
+            return True
+        opt = _BY_NAME.get(a.partition("=")[0] if a.startswith("--") else a)
+        if opt is not None and opt[1] != "flag" and "=" not in a:
+            i += 2
+        else:
+            i += 1
+    return False
 
 
 def __getattr__(name: str):

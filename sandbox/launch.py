@@ -76,6 +76,8 @@ class Plan:
     net: BridgeNet | None = None
     rootfs_src: HostPath | None = None  # --rootfs and -v sources, resolved by sbx (hostpath)
     bind_srcs: list[HostPath] = field(default_factory=list)
+    layer_srcs: list[HostPath] = field(default_factory=list)  # an image's layer roots in the store, bottom first
+    layer_sock: tuple | None = None  # (sbx end, init end): idmapped layer trees travel to init (SCM_RIGHTS)
     notes: list[str] = field(default_factory=list)
     features: dict = field(default_factory=dict)
 
@@ -123,10 +125,12 @@ def _check_rlimits(spec: Spec) -> None:
 
 def _resolve_host_paths(p: Plan) -> None:
     fs = p.spec.filesystem
-    if fs.rootfs or fs.binds:
+    if fs.rootfs or fs.binds or p.spec.image is not None:
         from . import hostpath
         p.rootfs_src = hostpath.resolve(fs.rootfs, what="--rootfs") if fs.rootfs else None
         p.bind_srcs = [hostpath.resolve(b.source, what="-v") for b in fs.binds]
+        if p.spec.image is not None:
+            p.layer_srcs = [hostpath.resolve(d, what="image layer") for d in p.spec.image.layers]
 
 
 def _plan_ids(p: Plan) -> None:
@@ -222,6 +226,13 @@ def release(p: Plan) -> None:
         p.cgroup = None
     if p.idmap is not None:
         p.idmap.release()
+    if p.layer_sock is not None:
+        for sk in p.layer_sock:
+            try:
+                sk.close()
+            except OSError:
+                pass
+        p.layer_sock = None
 
 
 # ============================================================ setup (forked by sbx)
@@ -270,8 +281,10 @@ def _init_process(p: Plan, chan: Channel) -> None:
         # (a 077 caller would leave the new root untraversable for the workload's uid).
         step("umask", os.umask, 0o022)
         step("wait for id maps", chan.wait, protocol.MAPS_WRITTEN)
+        layer_trees = step("image layers", _recv_layers, p) if p.layer_sock is not None else None
         # Before the id switch and any mount: with the invoker's access rights, in the copied mount tree.
-        sources = step("open sources", mounts.open_sources, spec, p.rootfs_src, p.bind_srcs)
+        sources = step("open sources", mounts.open_sources, spec, p.rootfs_src, p.bind_srcs, p.layer_srcs,
+                       layer_trees)
         step("become root of the namespace", p.idmap.become_root)
         # Dumpable until confine_init, so the workload can open our /proc/1/ns/cgroup to join it. Only
         # sbx's code runs in the sandbox until then, and sbx checks init is not dumpable before any exec.
@@ -305,6 +318,49 @@ def _init_process(p: Plan, chan: Channel) -> None:
         os._exit(run_init(pid))
     except BaseException as e:  # noqa: BLE001
         protocol.die(chan, e, step.name)
+
+
+def _recv_layers(p: Plan) -> list[int]:
+    """The idmapped layer trees sbx made for this sandbox's user namespace (one message, one fd each)."""
+    import _socket
+    import struct
+    sock = p.layer_sock[1]
+    n = len(p.layer_srcs)
+    _, anc, _, _ = sock.recvmsg(16, _socket.CMSG_SPACE(4 * (n + 1)))
+    sock.close()
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(data) // 4}i", data[:len(data) - len(data) % 4]))
+    if len(fds) != n:
+        for fd in fds:
+            os.close(fd)
+        raise SbxError(f"expected {n} image layers from sbx, got {len(fds)}")
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    return fds
+
+
+def _send_layers(p: Plan, init_pid: int) -> None:
+    """Idmapped clones of the image's layers, mapped through the sandbox's own user namespace, to init.
+
+    Made here (host root, init user namespace) because an idmapped mount needs CAP_SYS_ADMIN over
+    the layers' filesystem; init attaches them under its staging tmpfs and stacks them.
+    """
+    import _socket
+    import struct
+    from . import mounts
+    sock = p.layer_sock[0]
+    nsfd = namespaces.open_ns(init_pid, "user")
+    trees: list[int] = []
+    try:
+        trees = mounts.layer_trees(p.layer_srcs, nsfd)
+        sock.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(trees)}i", *trees))])
+    finally:
+        for fd in trees:
+            os.close(fd)
+        os.close(nsfd)
+        sock.close()
 
 
 def _refuse_if(cond) -> None:
@@ -364,7 +420,8 @@ def confine_and_exec(p: Plan, chan: Channel, argv: list[str], env: dict[str, str
         if c.mac is not None:
             from . import mac
             step("mac", mac.apply, c.mac)
-        step("capabilities", caps.drop, spec.security.capabilities, spec.uid, spec.gid, rootless=rootless)
+        step("capabilities", caps.drop, spec.security.capabilities, spec.uid, spec.gid, rootless=rootless,
+             groups=spec.groups)
         if spec.security.no_new_privs:
             step("no_new_privs", caps.set_no_new_privs)
         step("fds", process.close_inherited_fds, 3)  # nothing of the host leaks in: all but 0-2 close at exec
@@ -455,6 +512,8 @@ class _Launch:
         from . import userns
         assert self.init_pid is not None and self.p.idmap is not None
         userns.write_maps(self.init_pid, self.p.idmap)
+        if self.p.layer_sock is not None:
+            _send_layers(self.p, self.init_pid)  # before MAPS_WRITTEN: init takes them before its mounts
         if self.p.net is not None:
             self.p.net.attach(self.init_pid)  # the veth goes in before anything runs there
             self.record["network"] = self.p.net.describe()
@@ -558,6 +617,9 @@ def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None
         L.relay = stdio.Relay.for_caller()
     L.fwd = process.Forwarder()
     parent = os.getpid()
+    if p.layer_srcs and not p.idmap.rootless:
+        import _socket  # not `socket`: its enum/selectors imports would cost every image start ~5 ms
+        p.layer_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     process.Subreaper.enter()
     try:
         try:
@@ -568,8 +630,12 @@ def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None
                 L.relay.in_parent()
             raise SbxError(f"fork failed: {e.strerror}") from None
         if L.setup_pid == 0:
+            if p.layer_sock is not None:
+                p.layer_sock[0].close()  # sbx's end
             _setup_process(p, L.chan, parent, L.relay)
         L.chan.parent_close()
+        if p.layer_sock is not None:
+            p.layer_sock[1].close()  # init's end
         if L.relay is not None:
             L.relay.in_parent()
         try:

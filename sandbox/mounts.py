@@ -10,6 +10,12 @@ new mount namespace, as root of the new user namespace). Two modes:
 * rootfs: an overlay whose lower layer is the user's directory and whose upper
   layer is a private tmpfs, so mountpoints can be created without writing to
   the user's tree; made read-only after setup.
+* image: an overlay of the image's layers (from sbx's store, shared by every
+  sandbox of the image, never copied), each an idmapped read-only mount made by
+  sbx through this sandbox's user namespace, so files keep their image owners
+  inside while each sandbox has its own host id range; upper layer a private
+  tmpfs (tmp_size when the profile wants a writable root). `userxattr`: the
+  layers' opaque directories are user.overlay.opaque (sandbox.image.unpack).
 
 Both get: tmpfs /tmp (size-capped), fresh /proc with Docker's masked and
 read-only paths, minimal /dev, optional read-only /sys, -v binds.
@@ -35,7 +41,7 @@ import stat
 
 from . import syscalls as sc
 from .errors import SbxError
-from .records import record
+from .records import field, record
 from .spec import Bind, Spec
 
 HOST_TOP = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -59,9 +65,11 @@ class Sources:
 
     rootfs_fd: int | None
     bind_trees: list[tuple[Bind, int, bool]]  # (bind, detached tree fd, is_dir)
+    layers: list[int] = field(default_factory=list)  # image layers bottom first: idmapped trees, or O_PATH fds
+    idmapped: bool = False
 
     def close(self) -> None:
-        for fd in [self.rootfs_fd] + [b[1] for b in self.bind_trees]:
+        for fd in [self.rootfs_fd] + [b[1] for b in self.bind_trees] + self.layers:
             if fd is not None:
                 try:
                     os.close(fd)
@@ -69,9 +77,39 @@ class Sources:
                     pass
         self.rootfs_fd = None
         self.bind_trees = []
+        self.layers = []
 
 
-def open_sources(spec: Spec, rootfs, binds: list) -> Sources:
+def layer_trees(layers: list, userns_fd: int) -> list[int]:
+    """Detached, read-only, nosuid, idmapped clones of the image's layer roots (run by sbx, host root).
+
+    The idmapping is the sandbox's user namespace: a file the image gives uid N shows as N
+    inside, whatever host id range this sandbox has.
+    """
+    from .hostpath import reopen
+    out: list[int] = []
+    try:
+        for hp in layers:
+            fd = reopen(hp, what="image layer")
+            try:
+                tree = sc.open_tree(fd, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH)
+            finally:
+                os.close(fd)
+            out.append(tree)
+            try:
+                sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_IDMAP | RO_ATTRS, 0, userns_fd)
+            except OSError as e:
+                raise SbxError(f"cannot make an idmapped mount of image layer {hp.path}: {e.strerror} (image "
+                               "sandboxes need idmapped mounts: kernel >= 5.12 and a filesystem that supports "
+                               "them under the store)") from None
+    except BaseException:
+        for fd in out:
+            _close(fd)
+        raise
+    return out
+
+
+def open_sources(spec: Spec, rootfs, binds: list, layers: list = (), layer_trees: list[int] | None = None) -> Sources:
     """Pin --rootfs and -v sources. Called after unshare, before the id switch and any mount.
 
     The paths were resolved by sbx itself (hostpath.resolve: symlink owners
@@ -79,7 +117,7 @@ def open_sources(spec: Spec, rootfs, binds: list) -> Sources:
     any symlink and must reach the same inode. (rootfs, binds: hostpath.HostPath)
     """
     srcs = Sources(None, [])
-    if rootfs is None and not binds:
+    if rootfs is None and not binds and not layers and layer_trees is None:
         return srcs
     from .hostpath import reopen
     try:
@@ -97,7 +135,17 @@ def open_sources(spec: Spec, rootfs, binds: list) -> Sources:
             finally:
                 os.close(fd)
             srcs.bind_trees.append((b, tree, hp.is_dir))
+        if layer_trees is not None:
+            srcs.layers, srcs.idmapped = list(layer_trees), True
+        else:
+            # rootless: no idmapping is possible without the host's CAP_SYS_ADMIN; the store is the
+            # invoker's own, its files show as the sandbox user (the single mapped id)
+            for hp in layers:
+                srcs.layers.append(reopen(hp, what="image layer"))
     except BaseException:
+        if layer_trees is not None and not srcs.layers:
+            for fd in layer_trees:
+                _close(fd)
         srcs.close()
         raise
     return srcs
@@ -481,6 +529,38 @@ def _binds(root: NewRoot, sources: Sources) -> None:
                            where="-v") from None
 
 
+def _image_root(spec: Spec, sources: Sources, stage: str, new: str) -> NewRoot:
+    """The image's layers stacked read-only under a private upper layer, mounted at `new`."""
+    if len(sources.layers) != len(spec.image.layers):
+        raise SbxError(f"image {spec.image.ref}: {len(sources.layers)} of {len(spec.image.layers)} layers available")
+    lowers = []
+    for i, fd in enumerate(sources.layers):
+        if sources.idmapped:
+            d = os.path.join(stage, f"l{i}")
+            os.mkdir(d, 0o755)
+            dfd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                sc.move_mount(fd, "", dfd, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+            finally:
+                os.close(dfd)
+            lowers.append(d)
+        else:
+            lowers.append(_fdpath(fd))
+    rw = stage
+    if not spec.filesystem.read_only:
+        # a writable root gets its own capped tmpfs (the staging one holds only mountpoints)
+        rw = os.path.join(stage, "rw")
+        os.mkdir(rw, 0o755)
+        sc.mount("sbx-upper", rw, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=0755,size={spec.filesystem.tmp_size}")
+    upper, work = os.path.join(rw, "upper"), os.path.join(rw, "work")
+    os.mkdir(upper, 0o755)
+    os.mkdir(work, 0o755)
+    # overlay takes the top layer first
+    sc.mount(ROOT_SOURCE, new, "overlay", sc.MS_NOSUID | sc.MS_NODEV,
+             f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work},userxattr")
+    return NewRoot(os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), f"image {spec.image.ref}")
+
+
 def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
     """Build the root, pivot into it, make it read-only. Raises SbxError on failure."""
     fs = spec.filesystem
@@ -504,6 +584,14 @@ def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
             step = "rootfs mountpoints"
             for d in ("tmp", "proc", "dev") + (("sys",) if fs.sys else ()):
                 os.close(root.open(d, create="dir"))
+        elif spec.image is not None:
+            step = f"image {spec.image.ref}"
+            root = _image_root(spec, sources, stage, new)
+            step = "image mountpoints"
+            for d in ("tmp", "proc", "dev") + (("sys",) if fs.sys else ()):
+                os.close(root.open(d, create="dir"))
+            if spec.cwd.strip("/") and not root.exists(spec.cwd):
+                os.close(root.open(spec.cwd, create="dir"))  # Docker creates a missing WorkingDir
         else:
             step = "root tmpfs"
             sc.mount(ROOT_SOURCE, new, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=4m")
@@ -633,7 +721,8 @@ def facts_exists_in(pid: int, path: str) -> bool:
 def planned(spec: Spec) -> MountPlan:
     """The mounts setup() will make for `spec` (host-view tops and /etc binds as this host has them)."""
     fs = spec.filesystem
-    ms = [PlannedMount("/", fs.rootfs or "host-view", fs.read_only, False),
+    root = fs.rootfs or (f"image:{spec.image.ref}" if spec.image is not None else "host-view")
+    ms = [PlannedMount("/", root, fs.read_only, False),
           PlannedMount("/tmp", "tmpfs", False, False), PlannedMount("/proc", "proc", False, False),
           PlannedMount("/dev", "tmpfs", True, False)]
     exact = {"/", "/tmp", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"}
@@ -644,7 +733,7 @@ def planned(spec: Spec) -> MountPlan:
         exact.add("/sys")
         exact.update(p for p in fs.masked_paths if p.startswith("/sys/"))
         ms.append(PlannedMount("/sys", "sysfs", True, False))
-    if fs.rootfs is None:
+    if fs.rootfs is None and spec.image is None:
         for name in HOST_TOP:
             host = "/" + name
             if os.path.isdir(host) and not os.path.islink(host):

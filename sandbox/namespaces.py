@@ -40,6 +40,11 @@ def proc_name(name: str) -> str | None:
     return PROC.get(name)
 
 
+def open_ns(pid: int, kind: str) -> int:
+    """An fd of a process's namespace of `kind` (either spelling), for setns or an idmapped mount."""
+    return os.open(f"/proc/{pid}/ns/{proc_name(kind) or kind}", os.O_RDONLY | os.O_CLOEXEC)
+
+
 def unshare_for_setup() -> None:
     """Every namespace but cgroup (init makes that one, inside the sandbox's cgroup)."""
     flags = 0

@@ -32,6 +32,17 @@ def cache_dir() -> str:
     return os.path.join(xdg, "sbx")
 
 
+def data_dir() -> str:
+    """Images and their unpacked layers. Root: /var/lib/sbx. Rootless: $XDG_DATA_HOME/sbx (~/.local/share/sbx)."""
+    env = os.environ.get("SBX_DATA_DIR")
+    if env:
+        return env
+    if is_root():
+        return "/var/lib/sbx"
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(xdg, "sbx")
+
+
 def ensure_private_dir(path: str) -> str:
     """Create path (and parents) with 0700; refuse a symlink or a dir owned by someone else."""
     os.makedirs(path, mode=0o700, exist_ok=True)

@@ -283,7 +283,8 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
     uid = user.get("uid", 65534)
     gid = user.get("gid", uid)
     allow_root = bool(user.get("allow_root", False))
-    if flags.get("user"):
+    image_ref = flags.get("image")
+    if flags.get("user") and not image_ref:  # an image's -u may be a name: resolved in its own passwd
         u = str(flags["user"])
         a, _, b = u.partition(":")
         try:
@@ -298,21 +299,24 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         raise _flag_error("-u", f"profile '{g('name', profile)}' does not allow uid/gid 0 in the sandbox "
                                 "(set user.allow_root: true in a profile that extends it)")
 
-    # Environment: clean, never the host's.
+    # Environment: clean, never the host's. The profile's, then what the run sets (kept apart for images).
     env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOME": "/tmp"}
     env.update({k: str(v) for k, v in (g("env", {}) or {}).items()})
+    run_env: dict[str, str] = {}
     if flags.get("env_file"):
         for f in flags["env_file"]:
-            env.update(parse_env_file(f))
+            run_env.update(parse_env_file(f))
     for e in flags.get("env") or ():
         k, sep, v = e.partition("=")
         if not _ENVKEY.match(k):
             raise _flag_error("-e", f"bad variable name '{k}'")
         if not sep:
             if k in os.environ:
-                env[k] = os.environ[k]
+                run_env[k] = os.environ[k]
             continue
-        env[k] = v
+        run_env[k] = v
+    profile_env = dict(env)
+    env.update(run_env)
 
     fsd = g("filesystem", {}) or {}
     default_ro = bool(fsd.get("binds_readonly_default", True))
@@ -451,15 +455,31 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
     if timeout is not None and timeout <= 0:
         raise _flag_error("--timeout", "must be > 0 seconds")
 
+    image = None
+    groups: tuple[int, ...] = ()
+    cwd = flags.get("workdir") or g("cwd", "/")
+    if image_ref:
+        if filesystem.rootfs:
+            raise _flag_error("--rootfs", "an image sandbox has the image as its root: --rootfs cannot be combined")
+        from .image import runspec
+        r = runspec.resolve(image_ref, args=list(argv), entrypoint=flags.get("entrypoint"), user=flags.get("user"),
+                            workdir=flags.get("workdir"), profile_env=profile_env, run_env=run_env,
+                            allow_root=allow_root, profile_uid=uid, profile_gid=gid,
+                            profile_name=str(g("name", profile)))
+        image, argv, env, uid, gid, groups, cwd = (r["image"], r["argv"], r["env"], r["uid"], r["gid"], r["groups"],
+                                                    r["cwd"])
+    elif flags.get("entrypoint") is not None:
+        raise _flag_error("--entrypoint", "--entrypoint is for images (sbx run [OPTIONS] IMAGE [ARG...])")
     argv = tuple(argv)
     if not argv:
         raise _flag_error("CMD", "no command given (usage: sbx run [OPTIONS] -- CMD [ARG...])")
     spec = Spec(
         argv=argv,
         profile=str(g("name", profile)),
-        uid=uid, gid=gid, allow_root=allow_root,
+        uid=uid, gid=gid, groups=groups, allow_root=allow_root,
         env=tuple(sorted(env.items())),
-        cwd=flags.get("workdir") or g("cwd", "/"),
+        cwd=cwd,
+        image=image,
         hostname=hostname or (name or "sbx"),
         filesystem=filesystem,
         network=network,

@@ -88,12 +88,40 @@ class Filesystem:
 
 
 @record(frozen=True)
+class Image:
+    """The image an image sandbox runs (`sbx run IMAGE`): what sbx pulled, verified and resolved.
+
+    layers are the unpacked layer roots in the store, bottom first; env is the image's own Env
+    (metadata: the Spec's env is the merged result, run_env what the run itself set).
+    """
+
+    ref: str  # as the user named it
+    id: str  # config digest hex
+    digest: str = ""  # manifest digest
+    names: tuple[str, ...] = ()
+    pinned: bool = False  # named by digest or full id
+    layers: tuple[str, ...] = ()
+    diff_ids: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    run_env: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    user: str = ""  # config.User
+    workdir: str = "/"
+    labels: tuple[tuple[str, str], ...] = ()
+    stop_signal: str | None = None
+    exposed_ports: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # e.g. "runs as 65534: the profile does not allow the image's root user"
+
+
+@record(frozen=True)
 class Spec:
     argv: tuple[str, ...]
     profile: str = "strict"
     profile_digest: str = ""
     uid: int = 65534
     gid: int = 65534
+    groups: tuple[int, ...] = ()  # supplementary groups (an image user's, from the image's /etc/group)
     allow_root: bool = False  # may -u choose uid 0 inside the namespace?
     env: tuple[tuple[str, str], ...] = ()
     cwd: str = "/"
@@ -107,6 +135,7 @@ class Spec:
     rlimits: tuple[Rlimit, ...] = ()
     timeout: float | None = None
     degrade: bool = False  # profile says `degrade: allow`: unenforceable caps are recorded, not refused
+    image: Image | None = None  # None: host view or --rootfs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,4 +226,14 @@ def spec_from_dict(d: dict) -> Spec:
     out["resources"] = Resources(**d["resources"])
     out["rlimits"] = tuple(Rlimit(**r) for r in d.get("rlimits", ()))
     out["ports"] = tuple(Port(**p) for p in d.get("ports", ()))
+    out["groups"] = tuple(d.get("groups", ()))
+    img = d.get("image")
+    if img is not None:
+        img = dict(img)
+        for k in ("names", "layers", "diff_ids", "env", "run_env", "exposed_ports", "notes"):
+            img[k] = tuple(img.get(k, ()))
+        for k in ("entrypoint", "cmd"):
+            img[k] = tuple(img[k]) if img.get(k) is not None else None
+        img["labels"] = tuple(tuple(p) for p in img.get("labels", ()))
+        out["image"] = Image(**img)
     return Spec(**out)

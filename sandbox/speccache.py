@@ -54,7 +54,9 @@ def _dir() -> str:
 
 
 def resolve(argv, profile: str, **flags) -> Spec:
-    key = _key(profile, flags)
+    # An image run's argv comes from the image config and the arguments together: part of the key.
+    image = bool(flags.get("image"))
+    key = _key(profile, {**flags, "_argv": tuple(argv), "_store": paths.data_dir()} if image else flags)
     path = os.path.join(_dir(), key + ".bin")
     try:
         blob = paths.read_private(path, MAX_ENTRY)
@@ -62,13 +64,19 @@ def resolve(argv, profile: str, **flags) -> Spec:
             raise ValueError("no usable entry")
         entry = marshal.loads(blob)
         if all(_stat_sig(s[0]) == s for s in entry["files"]):
-            return replace(spec_from_dict(entry["spec"]), argv=tuple(argv))
+            spec = spec_from_dict(entry["spec"])
+            return spec if image else replace(spec, argv=tuple(argv))
     except (OSError, ValueError, EOFError, KeyError, TypeError, IndexError):
         pass
     from .profiles import resolve as slow_resolve, profile_chain
     spec = slow_resolve(argv, profile=profile, **flags)
     try:
         files = [_stat_sig(p) for p in profile_chain(profile)] + [_stat_sig(p) for p in flags.get("env_file") or ()]
+        if spec.image is not None:
+            # refs.json (a tag moved, an image removed) and the image's record: any change recomputes
+            from .image.store import Store
+            st = Store()
+            files += [_stat_sig(st.path("refs.json")), _stat_sig(st.path("images", spec.image.id, "image.json"))]
         paths.ensure_private_dir(paths.cache_dir())
         paths.ensure_private_dir(_dir())
         paths.atomic_write(path, marshal.dumps({"files": files, "spec": spec.to_dict()}))

@@ -133,7 +133,8 @@ def test_cli_json_schema_is_stable(zoo):  # noqa: F811
     assert len(mine) == len(zoo.names)
     for c in mine:
         assert set(c) == {"id", "name", "runtime", "init_pid", "pids", "processes", "command", "cgroup", "labels",
-                          "helpers", "score", "pss", "worst", "error", "posture", "findings"}
+                          "helpers", "score", "pss", "worst", "error", "posture", "findings", "image"}
+        assert c["image"] is None or set(c["image"]) == {"ref", "id", "pinned"}
         assert 0 <= c["score"] <= 100 and c["pss"] in ("restricted", "baseline", "privileged")
         for f in c["findings"]:
             assert set(f) == {"check", "severity", "title", "message", "evidence"}

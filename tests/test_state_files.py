@@ -98,6 +98,8 @@ ALLOWED_ENV = {
     "SBX_CACHE_DIR": "where the spec/BPF caches live; entries not privately owned are ignored",
     "XDG_RUNTIME_DIR": "rootless default for the state dir",
     "XDG_CACHE_HOME": "rootless default for the cache dir",
+    "SBX_DATA_DIR": "where the image store lives (0700, ownership checked); every blob is verified wherever it is",
+    "XDG_DATA_HOME": "rootless default for the image store",
     "SBX_BRIDGE_SUBNET": "the bridge's address range; isolation rules do not depend on it",
 }
 # Modules that copy a caller's variable into the sandbox for a bare `-e NAME` (docker semantics).
