@@ -131,7 +131,7 @@ def _range(text) -> tuple[int, int]:
 
 
 def builtin_names() -> list[str]:
-    from sandbox.profiles import builtin_dir
+    from sandbox.paths import builtin_dir
     d = builtin_dir("policies")
     return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml"))
 

@@ -55,7 +55,7 @@ def reap(procs: list[subprocess.Popen]) -> None:
 
 
 def time_api(runs: int, mine: set[int]) -> tuple[float, int]:
-    from audit.scan import audit
+    from sandbox.audit.scan import audit
     ts = []
     found = 0
     for _ in range(runs + 1):

@@ -10,9 +10,9 @@ from .errors import SbxError
 
 def admit(spec, options) -> list:
     """Raise SbxError (125) naming the first violated rule and the offending value; return waived findings."""
-    from audit.conformance import apply_waivers, evaluate
-    from audit.policy import load_policy
-    from audit.subject import subject_from_spec
+    from sandbox.audit.conformance import apply_waivers, evaluate
+    from sandbox.audit.policy import load_policy
+    from sandbox.audit.subject import subject_from_spec
 
     policy = load_policy(options.policy)
     findings = evaluate(policy, subject_from_spec(spec, name=options.name or ""), spec=spec)

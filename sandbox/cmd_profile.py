@@ -13,7 +13,8 @@ def profile_cmd() -> None:
 
 @profile_cmd.command("list")
 def list_cmd() -> None:
-    from .profiles import builtin_dir, builtin_profiles
+    from .paths import builtin_dir
+    from .profiles import builtin_profiles
     from .yamlmarks import load
     d = builtin_dir("profiles")
     for name in builtin_profiles():

@@ -166,12 +166,12 @@ def parse_profiles(text: str) -> set[str]:
 
 
 def apparmor_profile_path() -> str:
-    from .profiles import builtin_dir  # lazy: only when a profile must be loaded
+    from .paths import builtin_dir
     return os.path.join(builtin_dir("policies"), "apparmor", DEFAULT_APPARMOR_PROFILE)
 
 
 def selinux_module_path() -> str:
-    from .profiles import builtin_dir
+    from .paths import builtin_dir
     return os.path.join(builtin_dir("policies"), "selinux", "sbx.cil")
 
 

@@ -108,3 +108,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         except OSError:
             pass
         raise
+
+
+def builtin_dir(kind: str) -> str:
+    """profiles/ or policies/ as the package sees them: sandbox/builtin_profiles and builtin_policies.
+
+    One lookup for a checkout and an installed wheel: in the checkout those are
+    symlinks to the top-level profiles/ and policies/ (the product's layout),
+    in a wheel the copied data packages.
+    """
+    name = {"profiles": "builtin_profiles", "policies": "builtin_policies"}[kind]
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)

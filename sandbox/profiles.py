@@ -5,9 +5,9 @@ field, so a typo never silently weakens a sandbox.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
+from .paths import builtin_dir
 from .records import replace
 
 from .errors import SpecError
@@ -66,18 +66,6 @@ def parse_rlimit(name: str, v) -> Rlimit:
         return Rlimit(name, one(soft), one(hard) if hard else one(soft))
     except ValueError:
         raise ValueError(f"ulimit {name}='{v}' must be SOFT[:HARD] numbers or 'unlimited'") from None
-
-
-def builtin_dir(kind: str) -> str:
-    """profiles/ or policies/: from the installed wheel, else the checkout."""
-    pkg = {"profiles": "sandbox.builtin_profiles", "policies": "sandbox.builtin_policies"}[kind]
-    try:
-        spec = importlib.util.find_spec(pkg)
-    except ModuleNotFoundError:
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        return list(spec.submodule_search_locations)[0]
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), kind)
 
 
 def builtin_profiles() -> list[str]:

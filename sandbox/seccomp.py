@@ -29,15 +29,8 @@ COMPILER_EPOCH = b"1"
 # ------------------------------------------------------------------ references
 
 def _policies_dir() -> str:
-    # A plain import, not importlib.util.find_spec: that module costs ~4 ms on every run.
-    try:
-        import sandbox.builtin_policies as pkg  # policies/ as installed in the wheel (a data package)
-        locations = list(pkg.__path__)
-    except ImportError:
-        locations = []
-    if locations:
-        return locations[0]
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policies")
+    from .paths import builtin_dir
+    return builtin_dir("policies")
 
 
 def builtin_path(name: str) -> str:

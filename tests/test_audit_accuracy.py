@@ -20,8 +20,8 @@ import uuid
 import pytest
 
 import zoo as Z
-from audit import checks as C
-from audit.scan import audit
+from sandbox.audit import checks as C
+from sandbox.audit.scan import audit
 from sandbox import facts
 from tests.sbxrun import sbx
 
@@ -561,7 +561,7 @@ def test_baseline_policy_matches_pod_security_baseline():
         Z.podman_run(plain, [])
         Z.podman_run(raw, ["--cap-add", "NET_RAW"])
         res = {x.container.name: x for x in audit(runtime="podman") if x.container.name in (plain, raw)}
-        from audit.report import apply_policy
+        from sandbox.audit.report import apply_policy
         res = {x.container.name: x for x in apply_policy(list(res.values()), "baseline")}
         # podman's defaults: its generated resolv.conf/hosts/hostname/.containerenv are not hostPath
         # volumes, and the user/cgroup namespaces are not baseline controls

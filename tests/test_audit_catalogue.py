@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from audit import checks as C
-from audit.discover import attribute
+from sandbox.audit import checks as C
+from sandbox.audit.discover import attribute
 from tests.sbxrun import sbx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from audit.discover import discover
-from audit.hostinfo import read_host
-from audit.scan import audit, audit_container
+from sandbox.audit.discover import discover
+from sandbox.audit.hostinfo import read_host
+from sandbox.audit.scan import audit, audit_container
 from tests.sbxrun import sbx
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reads other processes' /proc as root")

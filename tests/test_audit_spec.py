@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from audit import checks as C
-from audit.scan import audit
-from audit.subject import subject_from_spec
+from sandbox.audit import checks as C
+from sandbox.audit.scan import audit
+from sandbox.audit.subject import subject_from_spec
 from sandbox.spec import Bind, Resources, Security, Spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from audit import checks as C
-from audit.hostinfo import read_host
-from audit.scan import audit
+from sandbox.audit import checks as C
+from sandbox.audit.hostinfo import read_host
+from sandbox.audit.scan import audit
 from sandbox import facts
 from tests.sbxrun import sbx
 from zoo import zoo  # noqa: F401 - session fixture

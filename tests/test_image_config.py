@@ -130,9 +130,9 @@ def test_layered_reader_never_leaves_the_image(tmp_path):
 
 
 def test_policy_images_rule_lint_and_evaluate(tmp_path):
-    from audit.conformance import evaluate
-    from audit.policy import lint
-    from audit.subject import Subject
+    from sandbox.audit.conformance import evaluate
+    from sandbox.audit.policy import lint
+    from sandbox.audit.subject import Subject
     p = tmp_path / "p.yaml"
     p.write_text("apiVersion: sbx/v1\nname: img\nimages:\n  allowed_registries: [quay.io/myorg, 'bad/']\n")
     _, errors = lint(str(p))

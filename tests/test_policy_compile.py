@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from audit import policy_compile as pc
-from audit.policy import load_policy
+from sandbox.audit import policy_compile as pc
+from sandbox.audit.policy import load_policy
 from sandbox.errors import SbxError
 from tests.sbxrun import sbx
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from audit.policy import SCHEMA, lint
+from sandbox.audit.policy import SCHEMA, lint
 from tests.sbxrun import sbx
 
 HEAD = "apiVersion: sbx/v1\nname: t\n"

@@ -48,8 +48,8 @@ def test_a_host_process_differs_in_every_way_that_matters(strict_sandbox):
 
 
 def test_audit_and_admission_read_the_same_posture(strict_sandbox):
-    from audit.scan import audit
-    from audit.subject import subject_from_spec
+    from sandbox.audit.scan import audit
+    from sandbox.audit.subject import subject_from_spec
     e = strict_sandbox
     spec = spec_from_dict(e.config["spec"])
     live = [r for r in audit(runtime="sbx") if r.container.id.startswith(e.id[:12])]

@@ -286,9 +286,14 @@ def test_parked_workload_holds_no_bind_source_fd(tmp_path):
             seen.extend(os.readlink(os.path.join(fd_dir, n)) for n in os.listdir(fd_dir))
             return orig(spec, f, **kw)
         verify.check = check
-        spec = resolve(["/bin/sh", "-c", "ls /proc/$$/fd | tr '\\n' ' ' > /out/fds"], profile=PROFILE,
-                       volume=[f"{src}:/out:rw"])
-        return {"code": launch.run(spec).exit_code, "seen": seen}
+        after: list[str] = []
+
+        def started(_sid, _init, workload, record=None):
+            # The exec happened (release_and_confirm saw it): the workload's fd table, read from outside
+            # (reading it from a shell inside races with the shell's own pipeline fds).
+            after.extend(sorted(os.listdir(f"/proc/{workload}/fd"), key=int))
+        spec = resolve(["/bin/sleep", "1"], profile=PROFILE, volume=[f"{src}:/out:rw"])
+        return {"code": launch.run(spec, on_started=started).exit_code, "seen": seen, "after": after}
 
     os.chmod(tmp_path, 0o755)
     os.chmod(src, 0o777)
@@ -296,7 +301,7 @@ def test_parked_workload_holds_no_bind_source_fd(tmp_path):
     assert got.get("code") == 0, got
     assert got["seen"], "verification did not run"
     assert not [l for l in got["seen"] if l.startswith(str(tmp_path))], got["seen"]
-    assert (src / "fds").read_text().split() == ["0", "1", "2"]
+    assert got["after"] == ["0", "1", "2"], got["after"]
 
 
 def test_spec_digest_is_the_sandbox_not_the_run_options(tmp_path):

@@ -74,7 +74,7 @@ def test_cpu_lists_and_capability_names_parse_one_way():
 def test_namespace_names_have_one_table():
     assert namespaces.PROC["mount"] == "mnt" and namespaces.proc_name("mount") == namespaces.proc_name("mnt") == "mnt"
     from sandbox import posture
-    from audit import discover, policy
+    from sandbox.audit import discover, policy
     assert posture.NAMESPACES == discover.GROUP_NS == policy.NS_NAMES == namespaces.PROC_NAMES
     # No other module spells the list out.
     literal = {"user", "pid", "net", "uts", "ipc", "cgroup"}
@@ -89,7 +89,7 @@ def test_namespace_names_have_one_table():
 
 
 def test_policy_accepts_both_spellings_of_the_mount_namespace(tmp_path):
-    from audit.policy import lint
+    from sandbox.audit.policy import lint
     f = tmp_path / "p.yaml"
     f.write_text("apiVersion: sbx/v1\nname: p\nnamespaces: {host_shared_allowed: [mount, mnt]}\n")
     pol, errors = lint(str(f))
