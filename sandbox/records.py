@@ -12,9 +12,13 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # `import typing` alone costs ~10 ms here; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Any, Callable, TypeVar
+    from typing import Any, Callable, TypeVar, dataclass_transform
 
     T = TypeVar("T")
+else:
+    def dataclass_transform(**_kw):
+        """At run time a no-op: type checkers read @record as a dataclass (PEP 681), for free."""
+        return lambda fn: fn
 
 _MISSING = object()
 
@@ -75,6 +79,7 @@ def _collect(cls: type) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Call
     return tuple(names), defaults, factories, tuple(hidden)
 
 
+@dataclass_transform(field_specifiers=(field,))
 def record(cls: type[T] | None = None, /, *, frozen: bool = False) -> Any:
     """Class decorator: fields from annotations, like @dataclass(frozen=...) for the features sbx uses."""
 
