@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import predicates as P
-from .subject import SAFE_DEVICES, SHM_DIRS, Subject, kernel_tuple
+from .subject import SAFE_DEVICES, Subject, kernel_tuple
 
 # The CIS Docker Benchmark release whose section-5 numbers the `cis` mappings use. v1.2.0 to
 # v1.5.0 number section 5 alike (5.1 AppArmor ... 5.31 Docker socket); v1.6.0 inserted a new

@@ -496,10 +496,6 @@ def _cmdline(pid: int) -> list[str]:
 
 # --- enrichment from local metadata (optional; never required) ---------------
 
-def _podman_names() -> dict[str, str]:
-    return {k: v[0] for k, v in _podman_state().items() if v[0]}
-
-
 def _podman_state() -> dict[str, tuple[str | None, str | None, str | None]]:
     """containers/storage's containers.json: id -> (name, image name, image id)."""
     out: dict[str, tuple[str | None, str | None, str | None]] = {}

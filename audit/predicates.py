@@ -162,10 +162,6 @@ def privileged_signs(s: Subject) -> list[str]:
     return signs
 
 
-def is_privileged(s: Subject) -> bool:
-    return bool(privileged_signs(s))
-
-
 # --- mounts -------------------------------------------------------------------
 
 def runtime_owned(path: str) -> bool:

@@ -212,13 +212,6 @@ def inside_id(entries: list[IdMapEntry], outside: int) -> int | None:
     return None
 
 
-def outside_id(entries: list[IdMapEntry], inside: int) -> int | None:
-    for e in entries:
-        if e.inside <= inside < e.inside + e.count:
-            return e.outside + (inside - e.inside)
-    return None
-
-
 def read_ns(pid: int | str, kinds=NS_KINDS) -> dict[str, int]:
     """Namespace inode numbers. readlink gives 'net:[4026531840]' without opening the ns."""
     out: dict[str, int] = {}
@@ -553,13 +546,6 @@ class ProcFacts:
     def shared_namespaces(self) -> list[str]:
         return sorted(k for k, v in self.ns.items() if self.host_ns.get(k) == v)
 
-    def mount_at(self, path: str) -> Mount | None:
-        """The mount that is visible at `path` (the last one mounted there)."""
-        found = None
-        for m in self.mounts:
-            if m.mountpoint == path:
-                found = m
-        return found
 
 
 def read(pid: int, host_pid: int | str = 1, with_mounts: bool = True) -> ProcFacts:

@@ -445,7 +445,6 @@ class BridgeNet:
     veth: str
     egress: bool
     ports: tuple
-    attached_pid: int | None = None
     proxy: object = None
     released: bool = False
     timings_ms: dict = field(default_factory=dict)
@@ -484,7 +483,6 @@ class BridgeNet:
             raise SbxError(f"bridge networking: cannot wire the sandbox: {e}") from None
         finally:
             os.close(nsfd)
-        self.attached_pid = pid
         self.timings_ms["attach"] = round((time.monotonic() - t0) * 1000, 2)
         if self.ports:
             from .portproxy import PortProxy

@@ -149,14 +149,6 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = False) -> Any:
     return wrap if cls is None else wrap(cls)
 
 
-def field_names(obj: Any) -> tuple[str, ...]:
-    return obj.__record_fields__
-
-
-def is_record(obj: Any) -> bool:
-    return hasattr(type(obj), "__record_fields__")
-
-
 def asdict(obj: Any) -> dict:
     """Nested records become dicts; tuples, lists and dicts are copied recursively."""
     return {n: _plain(getattr(obj, n)) for n in obj.__record_fields__}

@@ -14,7 +14,7 @@ import os
 import time
 
 from ..spec import Resources
-from .base import STALE_AGE, Cgroup, CgroupStats, check_id, read_lock_record, release_lock, rmdir_retry, \
+from .base import STALE_AGE, Cgroup, CgroupStats, check_id, release_lock, rmdir_retry, \
     try_lock, validate
 
 __all__ = ["Cgroup", "CgroupStats", "check", "create", "detect", "open_existing", "reap_stale"]
@@ -144,6 +144,3 @@ def _sweep_locks() -> None:
         release_lock(sid, fd)
 
 
-def lock_record(sandbox_id: str) -> dict | None:
-    """What create() wrote into the lock file (version and paths), for inspect."""
-    return read_lock_record(sandbox_id)
