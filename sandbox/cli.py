@@ -110,8 +110,9 @@ def _main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - never a traceback at the user; SBX_DEBUG=1 shows it
         import click
         if isinstance(e, click.exceptions.Abort):
-            sys.stderr.write("sbx: aborted\n")
-            sys.exit(EXIT_REFUSED)
+            # click turns Ctrl-C into Abort: exit as an interrupted command does (`sbx events`
+            # streams until then), not as a refusal
+            sys.exit(130)
         if isinstance(e, click.exceptions.ClickException):
             # Bad flags are sbx refusing to run, as in docker: exit 125, one line.
             ctx = getattr(e, "ctx", None)
