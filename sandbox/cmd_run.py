@@ -118,11 +118,12 @@ def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
     return result.exit_code
 
 
-def _build_click():
+def build_command(name: str, run, help: str):
+    """A click command with run's option table (`run`, and `create`, which saves instead of starting)."""
     import click
 
     def callback(**kw):
-        return do_run(kw.pop("profile") or "strict", kw.pop("explain"), kw.pop("record"), kw.pop("cmd"), **kw)
+        return run(kw.pop("profile") or "strict", kw.pop("explain"), kw.pop("record"), kw.pop("cmd"), **kw)
 
     params = [click.Argument(["cmd"], nargs=-1, required=False, type=click.UNPROCESSED)]
     for names, dest, kind, typ, hlp in OPTIONS:
@@ -131,8 +132,12 @@ def _build_click():
             params.append(click.Option(decls, is_flag=True, default=False, help=hlp))
         else:
             params.append(click.Option(decls, multiple=kind == "multi", type=typ, help=hlp))
-    return click.Command("run", callback=callback, params=params, help="Run CMD in a sandbox (default profile: strict).",
+    return click.Command(name, callback=callback, params=params, help=help,
                          context_settings={"allow_interspersed_args": False})
+
+
+def _build_click():
+    return build_command("run", do_run, "Run CMD in a sandbox (default profile: strict).")
 
 
 def __getattr__(name: str):

@@ -157,18 +157,14 @@ def run_detached(spec: Spec, *, sandbox_id: str | None = None) -> str:
     sandbox_id: re-create an existing (stopped) sandbox from its saved entry (`sbx start`).
     Raises SbxError (the supervisor's refusal, as one line) if the sandbox does not start.
     """
-    from .profiles import new_id
-
     if spec.policy:
         # Refuse before any state exists (the supervisor's launch admits again): a fresh sandbox is
         # not created, a stopped one (`sbx start`) stays stopped, under the policy as it is now.
         from .admission import admit
         admit(spec)
     if sandbox_id is None:
-        sid = new_id()
-        config = {"id": sid, "name": spec.name, "created": time.time(), "spec": spec.to_dict()}
-        d = state.create(sid, config)
-        events.emit("create", sid, spec.name)
+        sid = create_entry(spec)
+        d = state.sandbox_dir(sid)
     else:
         sid = sandbox_id
         d = state.sandbox_dir(sid)
@@ -204,6 +200,16 @@ def run_detached(spec: Spec, *, sandbox_id: str | None = None) -> str:
         raise SbxError(f"sandbox {sid[:12]}: the supervisor died before the workload started")
     if "error" in msg:
         raise SbxError(msg["error"], code=int(msg.get("code", EXIT_REFUSED)))
+    return sid
+
+
+def create_entry(spec: Spec) -> str:
+    """Save a sandbox without starting it (`sbx create`; `run -d` starts it next). Returns its id."""
+    from .profiles import new_id
+    sid = new_id()
+    config = {"id": sid, "name": spec.name, "created": time.time(), "spec": spec.to_dict()}
+    state.create(sid, config)
+    events.emit("create", sid, spec.name)
     return sid
 
 
@@ -288,7 +294,8 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
     drop = state.delete_marker()
     state.update(sid, status=state.CREATED, supervisor_pid=os.getpid(), supervisor_start=_starttime(os.getpid()),
                  started_at=drop, finished_at=drop, exit_code=drop, oom_killed=False, paused_at=drop,
-                 paused_total=0.0, error=drop, pid=drop, init_pid=drop, init_start=drop, timed_out=drop)
+                 paused_total=0.0, error=drop, pid=drop, init_pid=drop, init_start=drop, timed_out=drop,
+                 network=drop)
     started = {}
 
     def on_started(_sid, init_pid, workload_pid, record=None):
@@ -299,7 +306,7 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
                      verification=record.get("verification"), cgroup=record.get("cgroup"),
                      idmap=record.get("idmap"), notes=record.get("notes"), features=record.get("features"),
                      startup_ms=record.get("startup_ms"), lsm_label=record.get("lsm_label"),
-                     landlock_abi=record.get("landlock_abi"))
+                     landlock_abi=record.get("landlock_abi"), network=record.get("network"))
         events.emit("start", sid, spec.name)
         send({"started": sid})
 
@@ -335,9 +342,10 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
     state.update(sid, status=state.EXITED, exit_code=code, finished_at=finished, oom_killed=oom,
                  timed_out=timed_out, error=error or state.delete_marker(), paused_total=paused_total,
                  paused_at=state.delete_marker())
+    name = _current_name(sid, spec.name)  # `sbx rename` may have renamed it while it ran
     if oom:
-        events.emit("oom", sid, spec.name)
-    events.emit("die", sid, spec.name, exit_code=code)
+        events.emit("oom", sid, name)
+    events.emit("die", sid, name, exit_code=code)
     if "t" not in started:
         why = error[5:] if error and error.startswith("sbx: ") else None
         if why is None:
@@ -347,9 +355,14 @@ def _supervise(spec: Spec, sid: str, d: str, report_fd: int) -> int:
     writer.close()
     if spec.remove:
         if state.remove(sid):
-            events.emit("destroy", sid, spec.name)
+            events.emit("destroy", sid, name)
     os.close(lock_fd)
     return 0
+
+
+def _current_name(sid: str, default: str | None) -> str | None:
+    e = state.load(sid)
+    return e.name if e is not None else default
 
 
 # ---------------------------------------------------------------- signals to a running sandbox
