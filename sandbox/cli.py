@@ -121,15 +121,34 @@ def _main(argv: list[str]) -> int:
             # click turns Ctrl-C into Abort: exit as an interrupted command does (`sbx events`
             # streams until then), not as a refusal
             sys.exit(130)
+        if isinstance(e, click.exceptions.NoArgsIsHelpError):
+            sys.stdout.write(e.ctx.get_help() + "\n")  # bare `sbx` (or a bare group): its help, as docker
+            sys.exit(0)
         if isinstance(e, click.exceptions.ClickException):
-            # Bad flags are sbx refusing to run, as in docker: exit 125, one line.
+            # Bad flags are sbx refusing to run, as in docker: exit 125, one line (a command may
+            # document another code for its usage errors: audit's is 2).
             ctx = getattr(e, "ctx", None)
             where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            sys.stderr.write("sbx: " + escape(e.format_message()) + where + "\n")
-            sys.exit(EXIT_REFUSED)
+            sys.stderr.write("sbx: " + escape(_usage_message(e)) + where + "\n")
+            sys.exit(getattr(getattr(ctx, "command", None), "usage_exit_code", EXIT_REFUSED))
         if os.environ.get("SBX_DEBUG"):
             raise
         sys.stderr.write(f"sbx: internal error: {escape(type(e).__name__ + ': ' + str(e))} "
                          "(SBX_DEBUG=1 for a traceback)\n")
         sys.exit(EXIT_REFUSED)
     return code
+
+
+def _usage_message(e) -> str:
+    """click's message, with its "did you mean" kept only for typos (compat.is_typo) and a word
+    on docker flags sbx does not have."""
+    import click
+    if not isinstance(e, click.exceptions.NoSuchOption):
+        return e.format_message()
+    from . import compat
+    near = compat.suggestions(e.option_name, e.possibilities)
+    msg = e.message
+    if near:
+        msg += f" Did you mean {near[0]}?" if len(near) == 1 else f" (Possible options: {', '.join(sorted(near))})"
+    extra = compat.note(e.option_name)
+    return msg + (f" ({extra})" if extra else "")

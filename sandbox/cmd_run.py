@@ -93,6 +93,10 @@ def fast_parse(args: list[str]) -> dict | None:
 
 
 def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
+    if not cmd:
+        # A usage error, refused before the spec cache (whose entry for these flags would carry no argv).
+        from .errors import SpecError
+        raise SpecError("no command given (usage: sbx run [OPTIONS] [--] CMD [ARG...])", where="run")
     from .speccache import resolve
 
     spec = resolve(list(cmd), profile=profile, record=record, **kw)
