@@ -203,6 +203,8 @@ def _print_table(rows) -> None:
 @click.argument("refs", nargs=-1, required=True)
 def inspect_cmd(fmt: str | None, refs) -> int:
     from . import dockerview as dv
+    if fmt == "json":
+        fmt = None  # docker: --format json is the default document
     if fmt is not None:
         dv.compile_format(fmt)  # a bad template is refused before anything is looked up
     out = []

@@ -78,15 +78,18 @@ def test_top_shows_the_tree_with_host_and_sandbox_pids_and_both_users(store):
 
 
 def test_top_with_ps_options_is_the_hosts_ps_for_the_sandboxs_pids(store):
-    sid = run_d(store, "--name", "psopt")
+    sid = run_d(store, "--name", "psopt", script="sleep 300 & wait")  # a process set that stays put
     wait_status(store, sid, "running")
-    mine = {x["pid"] for x in json.loads(store("top", "--format", "json", "psopt").stdout)}
+    deadline = time.monotonic() + 10
+    while len(mine := {x["pid"] for x in json.loads(store("top", "--format", "json", "psopt").stdout)}) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     p = store("top", "psopt", "-o", "pid,comm")
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].split() == ["PID", "COMMAND"]
-    got = {int(x.split()[0]) for x in lines[1:]}
-    assert got and got <= mine | {x["pid"] for x in json.loads(store("top", "--format", "json", "psopt").stdout)}
+    assert {int(x.split()[0]) for x in lines[1:]} == mine  # init, sh, sleep: those, and nothing of the host
+    assert sorted(x.split()[1] for x in lines[1:]) == ["sbx-init", "sh", "sleep"]
     p = store("top", "psopt", "aux")
     assert p.returncode == 0 and p.stdout.splitlines()[0].split()[:2] == ["USER", "PID"]
     assert all(int(x.split()[1]) not in (1, os.getpid()) for x in p.stdout.splitlines()[1:])

@@ -53,6 +53,8 @@ def test_inspect_format_gives_the_fields_people_script_against(store):
     # {{json .}} of the whole document keeps today's keys beside docker's
     whole = json.loads(store("inspect", "-f", "{{json .}}", sid).stdout)
     assert whole["State"]["Pid"] == whole["state"]["pid"] == pid and whole["id"] == whole["Id"]
+    as_json = json.loads(store("inspect", "--format", "json", sid).stdout)  # docker: the default document
+    assert len(as_json) == 1 and as_json[0].keys() == whole.keys() and as_json[0]["State"]["Pid"] == pid
     # exited: State.* follow
     store("kill", sid)
     wait_status(store, sid, "exited")
