@@ -30,7 +30,7 @@ def _proc_status(pid: int) -> dict:
 # ---------------------------------------------------------------- top
 
 def test_top_shows_the_tree_with_host_and_sandbox_pids_and_both_users(store):
-    sid = run_d(store, "--name", "tree", script="sleep 300 & (sleep 301 & wait) & " + LOOP)
+    sid = run_d(store, "--name", "tree", script="sleep 300 & (sleep 301 & wait) & wait")  # no short-lived children
     d = wait_status(store, sid, "running")
     deadline = time.monotonic() + 10
     while True:
