@@ -207,7 +207,7 @@ def inspect_doc(e: state.Entry) -> dict:
             "SecurityOpt": secopt,
             "Ulimits": [{"Name": r.get("name"), "Soft": r.get("soft"), "Hard": r.get("hard")}
                         for r in spec.get("rlimits") or ()],
-            "AutoRemove": bool(spec.get("remove")),
+            "AutoRemove": bool(_run_option(e.config, "remove")),
             "Init": True,  # sbx always runs its own init as pid 1
             "ShmSize": _num(fs.get("shm_size")),
             "MaskedPaths": list(fs.get("masked_paths") or ()),
@@ -222,6 +222,14 @@ def inspect_doc(e: state.Entry) -> dict:
     }
     d.update(docker)
     return d
+
+
+def _run_option(config: dict, key: str):
+    """A run option (--rm, --policy, ...): saved beside the Spec (config "options") or, by older sbx, in it."""
+    opts = config.get("options")
+    if isinstance(opts, dict) and key in opts:
+        return opts[key]
+    return (config.get("spec") or {}).get(key)
 
 
 def _num(v) -> int:

@@ -231,8 +231,10 @@ def rename(sid: str, new: str) -> str | None:
                 raise SbxError(f"the name {new!r} is already in use by sandbox {e.id[:12]}", where="rename")
         old = config.get("name")
         config["name"] = new
-        if isinstance(config.get("spec"), dict):
+        if isinstance(config.get("spec"), dict) and "name" in config["spec"]:
             config["spec"]["name"] = new  # `start` and its events use the saved Spec's name (not the hostname)
+        if isinstance(config.get("options"), dict) and "name" in config["options"]:
+            config["options"]["name"] = new  # where run options are saved beside the Spec
         _write_json(os.path.join(d, "config.json"), config)
     return old
 
