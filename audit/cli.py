@@ -1,7 +1,7 @@
 """`sbx audit`: every container on this host, its real privileges, risks with stable IDs.
 
 Exit codes: 0 ok; 1 a finding at or above --fail-on; 2 sbx could not audit (bad
-input, unreadable /proc). Never a traceback.
+input, bad flags, unreadable /proc). Never a traceback.
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ def audit_cmd(target, pid, runtime, fmt, fail_on, policy, colour):
     if code:
         sys.exit(code)
     return 0
+
+
+audit_cmd.usage_exit_code = 2  # type: ignore[attr-defined]  # bad flags are "could not audit" (docstring)
 
 
 def run(target, pid, runtime, fmt, fail_on, policy, colour) -> int:

@@ -27,6 +27,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "start": ("sandbox.cmd_lifecycle", "start_cmd"),
     "restart": ("sandbox.cmd_lifecycle", "restart_cmd"),
     "rm": ("sandbox.cmd_lifecycle", "rm_cmd"),
+    "top": ("sandbox.cmd_verbs", "top_cmd"),
+    "wait": ("sandbox.cmd_verbs", "wait_cmd"),
+    "port": ("sandbox.cmd_verbs", "port_cmd"),
+    "cp": ("sandbox.cmd_verbs", "cp_cmd"),
+    "rename": ("sandbox.cmd_verbs", "rename_cmd"),
+    "create": ("sandbox.cmd_verbs", "create_cmd"),
+    "version": ("sandbox.cmd_verbs", "version_cmd"),
+    "info": ("sandbox.cmd_verbs", "info_cmd"),
     "audit": ("sandbox.audit.cli", "audit_cmd"),
     "policy": ("sandbox.audit.policy_cli", "policy_cmd"),
     "profile": ("sandbox.cmd_profile", "profile_cmd"),
@@ -116,17 +124,37 @@ def _main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - never a traceback at the user; SBX_DEBUG=1 shows it
         import click
         if isinstance(e, click.exceptions.Abort):
-            sys.stderr.write("sbx: aborted\n")
-            sys.exit(EXIT_REFUSED)
+            # click turns Ctrl-C into Abort: exit as an interrupted command does (`sbx events`
+            # streams until then), not as a refusal
+            sys.exit(130)
+        if isinstance(e, click.exceptions.NoArgsIsHelpError):
+            sys.stdout.write(e.ctx.get_help() + "\n")  # bare `sbx` (or a bare group): its help, as docker
+            sys.exit(0)
         if isinstance(e, click.exceptions.ClickException):
-            # Bad flags are sbx refusing to run, as in docker: exit 125, one line.
+            # Bad flags are sbx refusing to run, as in docker: exit 125, one line (a command may
+            # document another code for its usage errors: audit's is 2).
             ctx = getattr(e, "ctx", None)
             where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            sys.stderr.write("sbx: " + escape(e.format_message()) + where + "\n")
-            sys.exit(EXIT_REFUSED)
+            sys.stderr.write("sbx: " + escape(_usage_message(e)) + where + "\n")
+            sys.exit(getattr(getattr(ctx, "command", None), "usage_exit_code", EXIT_REFUSED))
         if os.environ.get("SBX_DEBUG"):
             raise
         sys.stderr.write(f"sbx: internal error: {escape(type(e).__name__ + ': ' + str(e))} "
                          "(SBX_DEBUG=1 for a traceback)\n")
         sys.exit(EXIT_REFUSED)
     return code
+
+
+def _usage_message(e) -> str:
+    """click's message, with its "did you mean" kept only for typos (compat.is_typo) and a word
+    on docker flags sbx does not have."""
+    import click
+    if not isinstance(e, click.exceptions.NoSuchOption):
+        return e.format_message()
+    from . import compat
+    near = compat.suggestions(e.option_name, e.possibilities)
+    msg = e.message
+    if near:
+        msg += f" Did you mean {near[0]}?" if len(near) == 1 else f" (Possible options: {', '.join(sorted(near))})"
+    extra = compat.note(e.option_name)
+    return msg + (f" ({extra})" if extra else "")

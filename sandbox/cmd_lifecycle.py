@@ -169,14 +169,32 @@ def _require_running(e: state.Entry, verb: str) -> None:
 @click.command("ps", help="List sandboxes (running ones; -a for all).")
 @click.option("-a", "--all", "all_", is_flag=True, help="Show exited sandboxes too.")
 @click.option("-q", "--quiet", is_flag=True, help="Only ids.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", default="table", metavar="FORMAT",
+              help="table, json, or a Go template as docker spells it ('{{.ID}} {{.Names}}', 'table {{.ID}}\\t"
+                   "{{.Status}}', '{{json .}}').")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="id, name (regex), label (K or K=V), status, ancestor, exited, network, before, since.")
+@click.option("-n", "--last", "last", type=int, default=None, help="The N most recently created (any state).")
+@click.option("-l", "--latest", is_flag=True, help="The most recently created (any state).")
 @click.option("--no-trunc", is_flag=True, help="Full ids.")
-def ps_cmd(all_: bool, quiet: bool, fmt: str, no_trunc: bool) -> int:
+def ps_cmd(all_: bool, quiet: bool, fmt: str, filters, last: int | None, latest: bool, no_trunc: bool) -> int:
+    from . import dockerview as dv
     now = time.time()
-    rows = [e for e in state.entries() if all_ or e.status in (state.RUNNING, state.PAUSED)]
+    want = dv.parse_filters(filters, dv.PS_FILTERS, "ps --filter")
+    if latest:
+        last = 1
+    # docker: a status filter, -n and -l look at every sandbox, not only running ones
+    every = all_ or "status" in want or last is not None
+    rows = [e for e in state.entries() if every or e.status in (state.RUNNING, state.PAUSED)]
+    rows = dv.ps_select(rows, want)
+    if last is not None:
+        rows = rows[:max(0, last)]
     if quiet:
         for e in rows:
             print(e.id if no_trunc else e.id[:12])
+        return 0
+    if fmt not in ("table", "json"):
+        sys.stdout.write(dv.render(fmt, [dv.ps_fields(e, now, trunc=not no_trunc) for e in rows], dv.ps_header()))
         return 0
     if fmt == "json":
         out = []
@@ -206,12 +224,23 @@ def _print_table(rows) -> None:
         print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-@click.command("inspect", help="Show everything recorded about sandboxes, as a JSON array.")
+@click.command("inspect", help="Show everything recorded about sandboxes, as a JSON array (sbx's keys and "
+                               "docker's: Id, State.Pid, Config.Env, HostConfig.Memory, NetworkSettings.IPAddress, ...).")
+@click.option("-f", "--format", "fmt", default=None, metavar="TEMPLATE",
+              help="A Go template per sandbox, as docker spells it ('{{.State.Pid}}', '{{json .Config}}').")
 @click.argument("refs", nargs=-1, required=True)
-def inspect_cmd(refs) -> int:
+def inspect_cmd(fmt: str | None, refs) -> int:
+    from . import dockerview as dv
+    if fmt == "json":
+        fmt = None  # docker: --format json is the default document
+    if fmt is not None:
+        dv.compile_format(fmt)  # a bad template is refused before anything is looked up
     out = []
-    rc = _each(refs, lambda e: out.append(describe(e)))
-    print(json.dumps(out, indent=2, sort_keys=True))
+    rc = _each(refs, lambda e: out.append(dv.inspect_doc(e)))
+    if fmt is not None:
+        sys.stdout.write(dv.render(fmt, out))
+    else:
+        print(json.dumps(out, indent=2, sort_keys=True))
     return rc
 
 
@@ -254,18 +283,46 @@ def _isatty(stream) -> bool:
         return False
 
 
+def _window(recs, lo: str | None, hi: str | None):
+    """The records of the lines that began inside [lo, hi] (RFC 3339 UTC stamps compare as text)."""
+    start: dict[str, str] = {}
+    for rec in recs:
+        ts, stream, complete = rec[0], rec[1], rec[2]
+        first = start.get(stream, ts)
+        if complete:
+            start.pop(stream, None)
+        else:
+            start[stream] = first
+        if (lo is None or first >= lo) and (hi is None or first <= hi):
+            yield rec
+
+
+def _stamp_text(t_ns: int) -> str:
+    from .lifecycle import _stamp
+    return _stamp(t_ns).decode()
+
+
 @click.command("logs", help="Print a sandbox's stdout and stderr (each to its own stream).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the sandbox exits.")
 @click.option("-n", "--tail", type=str, default="all", help="Only the last N lines ('all').")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.option("--since", default=None, help="Lines from this time on: unix time, RFC 3339, or a duration ago (10m).")
+@click.option("--until", default=None, help="Lines up to this time (same forms).")
 @click.option("--raw", is_flag=True, help="Bytes as written, even to a terminal (default there: control "
                                            "sequences are escaped).")
 @click.argument("ref")
-def logs_cmd(follow: bool, tail: str, timestamps: bool, raw: bool, ref: str) -> int:
+def logs_cmd(follow: bool, tail: str, timestamps: bool, since: str | None, until: str | None, raw: bool,
+             ref: str) -> int:
+    now = time.time()
+    t_since = events.parse_time_ns(since, now, where="--since") if since else None
+    t_until = events.parse_time_ns(until, now, where="--until") if until else None
     e = state.resolve(ref)
     if tail != "all" and not tail.isdigit():
         raise SbxError(f"--tail wants a number or 'all', got {escape(tail)!r}", where="logs")
     recs = list(_records(e.dir))
+    if t_since is not None or t_until is not None:
+        recs = list(_window(recs, None if t_since is None else _stamp_text(t_since),
+                            None if t_until is None else _stamp_text(t_until)))
     if tail != "all":
         n = int(tail)
         # Count whole lines (F records) from the end; keep the P records that belong to them.
@@ -280,18 +337,19 @@ def logs_cmd(follow: bool, tail: str, timestamps: bool, raw: bool, ref: str) -> 
     pending: dict = {}
     for rec in recs:
         _emit(rec, timestamps, pending, raw)
-    if follow:
-        _follow(e, timestamps, pending, raw)
+    if follow and (t_until is None or t_until > time.time_ns()):
+        _follow(e, timestamps, pending, raw, until_ns=t_until)
     return 0
 
 
-def _follow(e: state.Entry, timestamps: bool, pending: dict, raw: bool = False) -> None:
+def _follow(e: state.Entry, timestamps: bool, pending: dict, raw: bool = False, until_ns: int | None = None) -> None:
     from .lifecycle import LOG_NAME, parse_log_line
     path = os.path.join(e.dir, LOG_NAME)
     try:
         f = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         return
+    hi = None if until_ns is None else _stamp_text(until_ns)
     try:
         f.seek(0, os.SEEK_END)
         buf = b""
@@ -302,7 +360,7 @@ def _follow(e: state.Entry, timestamps: bool, pending: dict, raw: bool = False) 
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     rec = parse_log_line(line)
-                    if rec is not None:
+                    if rec is not None and (hi is None or rec[0] <= hi):
                         _emit(rec, timestamps, pending, raw)
                 continue
             try:
@@ -312,7 +370,7 @@ def _follow(e: state.Entry, timestamps: bool, pending: dict, raw: bool = False) 
                     continue
             except FileNotFoundError:
                 return  # removed (rm, --rm)
-            if not state.supervisor_alive(e.dir):
+            if not state.supervisor_alive(e.dir) or (until_ns is not None and time.time_ns() > until_ns):
                 chunk = f.read()
                 if not chunk:
                     return
@@ -535,36 +593,40 @@ def _event_line(ev: dict) -> str:
 
 
 @click.command("events", help="Lifecycle events (create, start, die, oom, pause, unpause, exec_start, kill, stop, "
-                              "destroy) as JSON lines or text.")
-@click.option("--since", default=None, help="Unix time, RFC 3339, or a duration ago (10m).")
-@click.option("--until", default=None, help="Unix time, RFC 3339, or a duration ago.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
-@click.option("--filter", "filters", multiple=True, help="id=ID, name=NAME or action=ACTION.")
+                              "rename, destroy). Streams new events until interrupted, as docker does; with --until, "
+                              "stops at that time.")
+@click.option("--since", default=None, help="From this time: unix time, RFC 3339, or a duration ago (10m, 1h30m).")
+@click.option("--until", default=None, help="Up to this time (same forms); the stream ends there.")
+@click.option("--format", "fmt", default="text", metavar="FORMAT",
+              help="text, json (sbx's keys), or a Go template over docker's fields ('{{json .}}', '{{.Action}}').")
+@click.option("-f", "--follow", is_flag=True, hidden=True, help="Accepted for compatibility: events always stream.")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="event=ACTION, type=container, container=ID|NAME (also id=, name=, action=).")
 def events_cmd(since, until, fmt: str, follow: bool, filters) -> int:
-    t_since = events.parse_time(since) if since else None
-    t_until = events.parse_time(until) if until else None
-    want: dict[str, set] = {}
-    for f in filters:
-        k, eq, v = f.partition("=")
-        if not eq or k not in ("id", "name", "action"):
-            raise SbxError(f"bad --filter {escape(f)!r}: use id=, name= or action=", where="events")
-        want.setdefault(k, set()).add(v)
-
-    def keep(ev: dict) -> bool:
-        for k, vals in want.items():
-            v = ev.get(k) or ""
-            if k == "id":
-                if not any(v.startswith(x) for x in vals):
-                    return False
-            elif v not in vals:
-                return False
-        return True
-
-    stream = events.follow(t_since, t_until) if follow else iter(events.read(t_since, t_until))
+    from . import dockerview as dv
+    now = time.time()
+    t_since = events.parse_time(since, now, where="--since") if since else None
+    t_until = events.parse_time(until, now, where="--until") if until else None
+    want = dv.parse_filters(filters, dv.EVENT_FILTERS, "events --filter")
+    template = None
+    if fmt not in ("text", "json"):
+        template = dv.compile_format(fmt)[1]
+    # docker: without --since only new events; with it, the past ones first. An --until in the past
+    # prints the window and returns; otherwise the stream runs until then (or until interrupted).
+    past = t_since is not None or t_until is not None
+    stream = events.follow(t_since, t_until, past=past)
     for ev in stream:
-        if keep(ev):
-            print(json.dumps(ev, sort_keys=True) if fmt == "json" else _event_line(ev), flush=True)
+        if not dv.event_matches(ev, want):
+            continue
+        if template is not None:
+            from .gotemplate import TemplateError
+            try:
+                line = template.render(dv.event_doc(ev))
+            except TemplateError as e:
+                raise SbxError(f"template: {e}", where="--format") from None
+        else:
+            line = json.dumps(ev, sort_keys=True) if fmt == "json" else _event_line(ev)
+        print(line, flush=True)
     return 0
 
 

@@ -103,8 +103,14 @@ def fast_parse(args: list[str]) -> dict | None:
     return kw
 
 
-def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
+def resolve_run(profile: str, record: str | None, cmd, kw: dict, verb: str = "run"):
+    """(Spec, RunOptions) from run's flags, for `run` and `create`."""
     from .spec import run_options
+    if not cmd and not kw.get("image"):
+        # A usage error, refused before the spec cache (whose entry for these flags would carry no argv).
+        from .errors import SpecError
+        raise SpecError(f"no command given (usage: sbx {verb} [OPTIONS] -- CMD [ARG...] | IMAGE [ARG...])",
+                        where=verb)
     from .speccache import resolve
 
     kw["record"] = record
@@ -120,6 +126,11 @@ def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
         spec = resolve(list(cmd), profile=profile, **kw)
     else:
         spec = _resolve_image(resolve, image, pull, list(cmd), profile, kw)
+    return spec, opts
+
+
+def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
+    spec, opts = resolve_run(profile, record, cmd, kw)
     if explain:
         if opts.policy:
             from .admission import admit
@@ -209,7 +220,11 @@ def _transport_ref(ref: str, policy: str) -> str:
     return do_pull(ref, Options()).id
 
 
-def _build_click():
+def build_command(name: str, run, help: str):
+    """A click command with run's option table (`run`, and `create`, which saves instead of starting).
+
+    Either form is accepted: `-- CMD [ARG...]` (a host command) or `IMAGE [ARG...]`.
+    """
     import click
 
     class RunCommand(click.Command):
@@ -223,7 +238,7 @@ def _build_click():
         kw["image"] = None
         if click.get_current_context().meta.get("sbx_image_mode") and cmd:
             kw["image"], cmd = cmd[0], cmd[1:]
-        return do_run(kw.pop("profile") or "strict", kw.pop("explain"), kw.pop("record"), cmd, **kw)
+        return run(kw.pop("profile") or "strict", kw.pop("explain"), kw.pop("record"), cmd, **kw)
 
     params = [click.Argument(["cmd"], nargs=-1, required=False, type=click.UNPROCESSED)]
     for names, dest, kind, typ, hlp in OPTIONS:
@@ -232,8 +247,13 @@ def _build_click():
             params.append(click.Option(decls, is_flag=True, default=False, help=hlp))
         else:
             params.append(click.Option(decls, multiple=kind == "multi", type=typ, help=hlp))
-    return RunCommand("run", callback=callback, params=params, help="Run `-- CMD` (a host command) or `IMAGE [ARG...]` in a sandbox (default profile: strict).",
-                         context_settings={"allow_interspersed_args": False})
+    return RunCommand(name, callback=callback, params=params, help=help,
+                      context_settings={"allow_interspersed_args": False})
+
+
+def _build_click():
+    return build_command("run", do_run, "Run `-- CMD` (a host command) or `IMAGE [ARG...]` in a sandbox "
+                                        "(default profile: strict).")
 
 
 def _first_word_is_image(args: list[str]) -> bool:

@@ -17,7 +17,7 @@ from . import paths
 
 MAX_BYTES = 1024 * 1024
 ACTIONS = ("create", "start", "die", "oom", "pause", "unpause", "exec_start", "exec_die", "kill", "stop",
-           "restart", "destroy")
+           "restart", "rename", "destroy")
 
 
 def _path() -> str:
@@ -86,17 +86,33 @@ def _in_window(ev: dict, since: float | None, until: float | None) -> bool:
     return (since is None or t >= since) and (until is None or t <= until)
 
 
-def follow(since: float | None = None, until: float | None = None, poll: float = 0.1) -> Iterator[dict]:
-    """Past events in the window, then new ones as they are appended (until `until`, if given)."""
-    for ev in read(since, until):
-        yield ev
+def follow(since: float | None = None, until: float | None = None, poll: float = 0.1,
+           past: bool = True) -> Iterator[dict]:
+    """Events in the window as they are appended, until `until` (forever without it).
+
+    past: first the events already logged (from `since`); else only new ones. The live file is
+    opened before anything is read, so no event falls between the past and the stream.
+    """
     p = _path()
     fh = open(p, "ab+")  # noqa: SIM115 - kept open across the loop; create so we can follow from empty
     try:
-        fh.seek(0, os.SEEK_END)
         ino = os.fstat(fh.fileno()).st_ino
+        if past:
+            try:
+                if os.stat(p + ".1").st_ino != ino:  # not the file we hold (rotated since our open)
+                    with open(p + ".1", "rb") as old:
+                        for line in old.read(MAX_BYTES * 2).splitlines():
+                            ev = _parse(line)
+                            if ev is not None and _in_window(ev, since, until):
+                                yield ev
+            except FileNotFoundError:
+                pass
+            fh.seek(0)
+        else:
+            fh.seek(0, os.SEEK_END)
         buf = b""
-        while until is None or time.time() <= until:
+        last_pass = False
+        while True:
             chunk = fh.read()
             if chunk:
                 buf += chunk
@@ -114,33 +130,69 @@ def follow(since: float | None = None, until: float | None = None, poll: float =
                     continue
             except FileNotFoundError:
                 pass
+            if last_pass:
+                return
+            if until is not None and time.time() > until:
+                last_pass = True  # one more read: an event stamped before `until` may land just after it
+                continue
             time.sleep(poll)
     finally:
         fh.close()
 
 
-_DUR = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)\Z")
+# Go's time.ParseDuration units, as docker's --since/--until take them ("1h30m", "1.5h", "300ms").
+_DUR_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h|d)")
+_DUR_MULT = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_time(text: str, now: float | None = None) -> float:
-    """Unix seconds from: a unix timestamp, a duration before now (10m, 2h, 30s), or an RFC 3339 time."""
+def parse_duration(text: str) -> float | None:
+    """Seconds of a Go-style duration ("10m", "1h30m", "2.5s"), or None if it is not one."""
+    t = text.strip()
+    if not t:
+        return None
+    pos, total = 0, 0.0
+    while pos < len(t):
+        m = _DUR_PART.match(t, pos)
+        if m is None:
+            return None
+        total += float(m.group(1)) * _DUR_MULT[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def parse_time(text: str, now: float | None = None, where: str = "--since") -> float:
+    """Unix seconds from what docker's --since/--until accept: a unix timestamp (with fractional
+    seconds), a Go duration before now (10m, 1h30m), or an RFC 3339 / ISO 8601 time (a date alone,
+    or a time without a zone, is local time)."""
+    t = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    return parse_time_ns(t, now, where) / 1e9
+
+
+def parse_time_ns(text: str, now: float | None = None, where: str = "--since") -> int:
+    """parse_time in integer nanoseconds: exact for an RFC 3339 stamp (as `sbx logs -t` prints)."""
     from datetime import datetime
 
-    from .errors import SbxError
+    from .errors import SbxError, escape
     now = time.time() if now is None else now
     t = text.strip()
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    m = _DUR.match(t)
+    m = re.fullmatch(r"(\d+)(?:\.(\d+))?", t)
     if m:
-        mult = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return now - float(m.group(1)) * mult
+        return int(m.group(1)) * 1_000_000_000 + int((m.group(2) or "0")[:9].ljust(9, "0"))
+    d = parse_duration(t)
+    if d is not None:
+        return int((now - d) * 1e9)
+    frac_ns = 0
+    iso = t.replace("Z", "+00:00").replace("z", "+00:00")
+    m = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)\.(\d+)(.*)", iso)
+    if m:  # RFC 3339 allows nanoseconds; Python's parser takes at most microseconds: split them off
+        iso, frac_ns = m.group(1) + m.group(3), int(m.group(2)[:9].ljust(9, "0"))
     try:
-        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(iso)
     except ValueError:
-        raise SbxError(f"cannot parse time {t!r}: use a unix timestamp, a duration like 10m, or RFC 3339") from None
+        raise SbxError(f"cannot parse time {escape(t)!r}: use a unix timestamp, a duration like 10m or 1h30m, "
+                       "or RFC 3339 (2006-01-02T15:04:05Z)", where=where) from None
     if dt.tzinfo is None:
-        return dt.astimezone().timestamp()
-    return dt.timestamp()
+        dt = dt.astimezone()
+    return int(dt.timestamp()) * 1_000_000_000 + frac_ns

@@ -707,6 +707,15 @@ def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
     return syscalls.openat2(dirfd, path, flags, 0, resolve)
 
 
+def open_root(pid: int | str) -> int:
+    """An O_PATH fd of pid's root directory (/proc/PID/root): the base every path inside a
+    container is resolved from, with RESOLVE_IN_ROOT, by whoever holds it (`sbx cp`)."""
+    try:
+        return os.open(f"{PROC}/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ProcessGone(str(pid)) from None
+
+
 def open_in_root(pid: int | str, path: str, flags: int = os.O_PATH) -> int:
     """Open `path` as seen inside pid's root, resolving every symlink INSIDE that root.
 

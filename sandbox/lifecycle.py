@@ -157,7 +157,6 @@ def run_detached(spec: Spec, options: RunOptions | None = None, *, sandbox_id: s
     sandbox_id: re-create an existing (stopped) sandbox from its saved entry (`sbx start`).
     Raises SbxError (the supervisor's refusal, as one line) if the sandbox does not start.
     """
-    from .profiles import new_id
 
     options = options or RunOptions()
     if options.policy:
@@ -166,11 +165,8 @@ def run_detached(spec: Spec, options: RunOptions | None = None, *, sandbox_id: s
         from .admission import admit
         admit(spec, options)
     if sandbox_id is None:
-        sid = new_id()
-        config = {"id": sid, "name": options.name, "created": time.time(), "spec": spec.to_dict(),
-                  "options": options.to_dict()}
-        d = state.create(sid, config)
-        events.emit("create", sid, options.name)
+        sid = create_entry(spec, options)
+        d = state.sandbox_dir(sid)
     else:
         sid = sandbox_id
         d = state.sandbox_dir(sid)
@@ -206,6 +202,18 @@ def run_detached(spec: Spec, options: RunOptions | None = None, *, sandbox_id: s
         raise SbxError(f"sandbox {sid[:12]}: the supervisor died before the workload started")
     if "error" in msg:
         raise SbxError(msg["error"], code=int(msg.get("code", EXIT_REFUSED)))
+    return sid
+
+
+def create_entry(spec: Spec, options: RunOptions | None = None) -> str:
+    """Save a sandbox without starting it (`sbx create`; `run -d` starts it next). Returns its id."""
+    from .profiles import new_id
+    options = options or RunOptions()
+    sid = new_id()
+    config = {"id": sid, "name": options.name, "created": time.time(), "spec": spec.to_dict(),
+              "options": options.to_dict()}
+    state.create(sid, config)
+    events.emit("create", sid, options.name)
     return sid
 
 
@@ -290,7 +298,8 @@ def _supervise(spec: Spec, options: RunOptions, sid: str, d: str, report_fd: int
     drop = state.delete_marker()
     state.update(sid, status=state.CREATED, supervisor_pid=os.getpid(), supervisor_start=_starttime(os.getpid()),
                  started_at=drop, finished_at=drop, exit_code=drop, oom_killed=False, paused_at=drop,
-                 paused_total=0.0, error=drop, pid=drop, init_pid=drop, init_start=drop, timed_out=drop)
+                 paused_total=0.0, error=drop, pid=drop, init_pid=drop, init_start=drop, timed_out=drop,
+                 network=drop)
     started = {}
 
     def on_started(_sid, init_pid, workload_pid, record=None):
@@ -301,8 +310,8 @@ def _supervise(spec: Spec, options: RunOptions, sid: str, d: str, report_fd: int
                      verification=record.get("verification"), cgroup=record.get("cgroup"),
                      idmap=record.get("idmap"), notes=record.get("notes"), features=record.get("features"),
                      startup_ms=record.get("startup_ms"), lsm_label=record.get("lsm_label"),
-                     landlock_abi=record.get("landlock_abi"))
-        events.emit("start", sid, options.name)
+                     landlock_abi=record.get("landlock_abi"), network=record.get("network"))
+        events.emit("start", sid, _current_name(sid, options.name))
         send({"started": sid})
 
     from . import launch
@@ -337,9 +346,10 @@ def _supervise(spec: Spec, options: RunOptions, sid: str, d: str, report_fd: int
     state.update(sid, status=state.EXITED, exit_code=code, finished_at=finished, oom_killed=oom,
                  timed_out=timed_out, error=error or state.delete_marker(), paused_total=paused_total,
                  paused_at=state.delete_marker())
+    name = _current_name(sid, options.name)  # `sbx rename` may have renamed it while it ran
     if oom:
-        events.emit("oom", sid, options.name)
-    events.emit("die", sid, options.name, exit_code=code)
+        events.emit("oom", sid, name)
+    events.emit("die", sid, name, exit_code=code)
     if "t" not in started:
         why = error[5:] if error and error.startswith("sbx: ") else None
         if why is None:
@@ -349,9 +359,14 @@ def _supervise(spec: Spec, options: RunOptions, sid: str, d: str, report_fd: int
     writer.close()
     if options.remove:
         if state.remove(sid):
-            events.emit("destroy", sid, options.name)
+            events.emit("destroy", sid, name)
     os.close(lock_fd)
     return 0
+
+
+def _current_name(sid: str, default: str | None) -> str | None:
+    e = state.load(sid)
+    return e.name if e is not None else default
 
 
 # ---------------------------------------------------------------- signals to a running sandbox

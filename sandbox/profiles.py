@@ -395,28 +395,49 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         raise where("security.seccomp").error("security.seccomp", e.message) from None
 
     resd = dict(g("resources", {}) or {})
-    try:
-        res = Resources(
-            memory=_size_or_none(flags.get("memory"), "--memory") if flags.get("memory") else _size_or_none(resd.get("memory"), "memory"),
-            memory_swap=_size_or_none(flags.get("memory_swap"), "--memory-swap") if flags.get("memory_swap") else _size_or_none(resd.get("memory_swap"), "memory_swap"),
-            cpus=_float_or_none(flags.get("cpus"), "--cpus") if flags.get("cpus") is not None else resd.get("cpus"),
-            cpu_period=int(resd.get("cpu_period", 100_000)),
-            cpu_shares=_int_or_none(flags.get("cpu_shares"), "--cpu-shares") if flags.get("cpu_shares") is not None else resd.get("cpu_shares"),
-            cpuset_cpus=_cpuset(flags.get("cpuset_cpus") or resd.get("cpuset_cpus"), "--cpuset-cpus"),
-            cpuset_mems=_cpuset(flags.get("cpuset_mems") or resd.get("cpuset_mems"), "--cpuset-mems"),
-            pids_limit=_int_or_none(flags.get("pids_limit"), "--pids-limit") if flags.get("pids_limit") is not None else resd.get("pids_limit"),
-        )
-    except ValueError as e:
-        raise doc.error("resources", str(e)) from None
+
+    def pick(flag: str, opt: str, key: str, conv):
+        """A flag's value (a bad one blamed on the flag), else the profile's (blamed on its file:line)."""
+        v = flags.get(flag)
+        if v is not None and v != "":
+            try:
+                return conv(v, opt)
+            except ValueError as e:
+                raise _flag_error(opt, str(e).replace(f"{opt} ", "", 1)) from None
+        v = resd.get(key)
+        try:
+            return conv(v, key) if v is not None else None
+        except ValueError as e:
+            raise where(f"resources.{key}").error(f"resources.{key}", str(e)) from None
+
+    def cpuset(v, what):
+        return _cpuset(v, what)
+
+    res = Resources(
+        memory=pick("memory", "--memory", "memory", _size_or_none),
+        memory_swap=pick("memory_swap", "--memory-swap", "memory_swap", _size_or_none),
+        cpus=pick("cpus", "--cpus", "cpus", _float_or_none),
+        cpu_period=int(resd.get("cpu_period", 100_000)),
+        cpu_shares=pick("cpu_shares", "--cpu-shares", "cpu_shares", _int_or_none),
+        cpuset_cpus=pick("cpuset_cpus", "--cpuset-cpus", "cpuset_cpus", cpuset),
+        cpuset_mems=pick("cpuset_mems", "--cpuset-mems", "cpuset_mems", cpuset),
+        pids_limit=pick("pids_limit", "--pids-limit", "pids_limit", _int_or_none),
+    )
+    def blame(flag: str, opt: str, key: str, msg: str) -> SpecError:
+        if flags.get(flag) not in (None, ""):
+            return _flag_error(opt, msg)
+        return where(f"resources.{key}").error(f"resources.{key}", msg)
+
     if res.memory is not None and res.memory != -1 and res.memory < MIN_MEMORY:
-        raise _flag_error("--memory", f"memory limit below {MIN_MEMORY >> 20} MiB cannot start a process "
-                                      "(docker's minimum too)")
+        raise blame("memory", "--memory", "memory",
+                    f"memory limit below {MIN_MEMORY >> 20} MiB cannot start a process (docker's minimum too)")
     if res.memory_swap not in (None, -1) and res.memory not in (None, -1) and res.memory_swap < res.memory:
-        raise _flag_error("--memory-swap", "memory-swap is the total of memory and swap: it must be >= --memory")
+        raise blame("memory_swap", "--memory-swap", "memory_swap",
+                    "memory-swap is the total of memory and swap: it must be >= --memory")
     if res.cpus is not None and res.cpus <= 0:
-        raise _flag_error("--cpus", "must be > 0")
+        raise blame("cpus", "--cpus", "cpus", "must be > 0")
     if res.pids_limit is not None and res.pids_limit == 0:
-        raise _flag_error("--pids-limit", "must be > 0 (or -1 for unlimited)")
+        raise blame("pids_limit", "--pids-limit", "pids_limit", "must be > 0 (or -1 for unlimited)")
 
     rl = {k: parse_rlimit(k, v) for k, v in (g("rlimits", {}) or {}).items()}
     for u in flags.get("ulimit") or ():
@@ -524,7 +545,7 @@ def _cpuset(v, what: str):
         if not cpulist(v):
             raise ValueError
     except ValueError:
-        raise _flag_error(what, f"'{v}' must be a list like 0-2,4") from None
+        raise ValueError(f"'{v}' must be a list like 0-2,4") from None
     return v
 
 

@@ -1,7 +1,7 @@
 """State store for detached sandboxes: one 0700 directory per sandbox under <state_dir>/sandboxes.
 
 Layout of <state_dir>/sandboxes/<id>/:
-    config.json      spec (env included), name, created   (written once; `start` re-creates from it)
+    config.json      spec (env included), name, created   (`start` re-creates from it; `rename` rewrites it)
     state.json       status, pids, exit code, times, OOM flag, verification   (rewritten atomically)
     supervisor.lock  flock held by the live supervisor for its whole life: a free lock means the
                      supervisor is gone, so the entry is shown as exited (stale) whatever state.json says
@@ -213,6 +213,30 @@ def create(sid: str, config: dict) -> str:
         _write_json(os.path.join(d, "state.json"), {"status": CREATED})
         _write_json(os.path.join(d, "config.json"), config)  # last: its presence makes the entry visible
     return d
+
+
+def rename(sid: str, new: str) -> str | None:
+    """Give the sandbox a new name (docker rename); returns the old one. Refuses a name in use.
+
+    config.json is rewritten atomically under the store lock: readers see the old or the new file.
+    """
+    check_name(new)
+    with locked():
+        d = sandbox_dir(sid)
+        config = _read_json(os.path.join(d, "config.json"))
+        if config is None:
+            raise SbxError(f"no such sandbox: {sid[:12]}")
+        for e in entries():
+            if e.name == new and e.id != sid:
+                raise SbxError(f"the name {new!r} is already in use by sandbox {e.id[:12]}", where="rename")
+        old = config.get("name")
+        config["name"] = new
+        if isinstance(config.get("spec"), dict) and "name" in config["spec"]:
+            config["spec"]["name"] = new  # `start` and its events use the saved Spec's name (not the hostname)
+        if isinstance(config.get("options"), dict) and "name" in config["options"]:
+            config["options"]["name"] = new  # where run options are saved beside the Spec
+        _write_json(os.path.join(d, "config.json"), config)
+    return old
 
 
 def update(sid: str, **changes) -> dict | None:

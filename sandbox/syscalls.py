@@ -276,3 +276,24 @@ def landlock_add_path_rule(ruleset: int, allowed: int, parent_fd: int) -> None:
 def landlock_restrict_self(ruleset: int) -> None:
     _check(libc().syscall(ctypes.c_long(_NR_LANDLOCK["restrict_self"]), ctypes.c_int(ruleset), ctypes.c_uint32(0)),
            "landlock_restrict_self")
+def fstatfs_type(fd: int) -> int:
+    """f_type of the filesystem fd is on (fstatfs(2)): tells a procfs/sysfs from a real file system."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit; f_type comes first
+    _check(libc().fstatfs(ctypes.c_int(fd), buf), "fstatfs")
+    return struct.unpack_from("l", buf.raw, 0)[0] & 0xFFFFFFFF
+
+
+def set_fs_ids(uid: int, gid: int) -> tuple[int, int]:
+    """setfsgid/setfsuid of the calling thread: the ids files are created with and checked against.
+
+    Returns the previous (uid, gid). The calls report no errors, so the result is read back: a
+    mismatch raises EPERM. With a non-zero fsuid the kernel clears CAP_DAC_OVERRIDE and the other
+    file capabilities from the effective set, so access is judged as for that user.
+    """
+    old_gid = libc().setfsgid(ctypes.c_uint(gid))
+    old_uid = libc().setfsuid(ctypes.c_uint(uid))
+    if libc().setfsuid(ctypes.c_uint(0xFFFFFFFF)) != uid or libc().setfsgid(ctypes.c_uint(0xFFFFFFFF)) != gid:
+        libc().setfsuid(ctypes.c_uint(old_uid))
+        libc().setfsgid(ctypes.c_uint(old_gid))
+        raise OSError(1, f"setfsuid({uid})/setfsgid({gid}) did not take effect")
+    return old_uid, old_gid

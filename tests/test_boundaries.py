@@ -20,6 +20,7 @@ PROC_HANDLES = {
     "sandbox/enter.py": "opens the sandbox's namespaces and root to setns and chroot",
     "sandbox/netbridge.py": "opens the sandbox's net namespace to move a veth into it",
     "sandbox/doctor.py": "writes a probe child's own id maps",
+    "sandbox/copyfiles.py": "reopens its own O_PATH fds through /proc/self/fd (nothing swapped between check and open)",
 }
 CALLS = {"open", "listdir", "readlink", "stat", "lstat", "scandir", "walk"}
 

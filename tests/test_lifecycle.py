@@ -87,7 +87,7 @@ def wait_status(store, ref: str, status: str, timeout: float = 15.0) -> dict:
 
 
 def events(store, sid: str) -> list[dict]:
-    p = store("events", "--format", "json", "--filter", f"id={sid}")
+    p = store("events", "--format", "json", "--until", "0s", "--filter", f"id={sid}")  # past events, then stop
     assert p.returncode == 0, p.stderr
     return [json.loads(line) for line in p.stdout.splitlines()]
 
@@ -176,7 +176,7 @@ def test_stop_kills_a_term_ignoring_workload_after_the_timeout_and_events_are_in
     assert times == sorted(times)
     # --since/--until select a window; text format names the action and id
     mid = evs[2]["time_nano"] / 1e9
-    p = store("events", "--format", "json", "--since", f"{mid:.9f}", "--filter", f"id={sid}")
+    p = store("events", "--format", "json", "--since", f"{mid:.9f}", "--until", "0s", "--filter", f"id={sid}")
     assert [json.loads(x)["action"] for x in p.stdout.splitlines()] == ["kill", "kill", "die", "stop"]
     p = store("events", "--until", f"{mid - 1e-6:.9f}", "--filter", "name=stubborn")
     assert [x.split()[2] for x in p.stdout.splitlines()] == ["create", "start"]
