@@ -1,37 +1,37 @@
 """sbx: a security-first sandbox runner.
 
-The Python API is what the CLI uses:
+The Python API (sandbox.api; the CLI is built on the same functions):
 
-    from sandbox import run, resolve
-    spec = resolve(["/bin/true"], profile="strict")
-    result = run(spec)          # -> sandbox.launch.Result (exit_code, record, ...)
+    import sandbox
+    r = sandbox.run(["python3", "-c", "print(6 * 7)"], capture_output=True, text=True, memory="64m")
+    r.exit_code, r.stdout                 # 0, '42\\n'
+    spec = sandbox.resolve(["/bin/true"], profile="strict", cpus=0.5)   # a Spec, for --explain-like use
+    sandbox.run(spec)                      # -> sandbox.Result
 
+run_async() is the asyncio variant. Unknown keywords raise TypeError naming the nearest
+valid one; refusals raise SbxError. docs/API.md is the reference (python -m sandbox.apidoc).
 Heavy modules are imported on first use, never at package import.
 """
 from __future__ import annotations
 
-__all__ = ["run", "resolve", "SbxError"]
+__all__ = ["run", "run_async", "resolve", "Spec", "Result", "SbxError", "ExitError", "PIPE", "STDOUT", "DEVNULL"]
 
 from .errors import SbxError
 
-
-def run(spec, *, name: str | None = None, policy: str | None = None, **kw):
-    """Run the sandbox `spec` (from resolve()) to completion; returns a launch.Result.
-
-    name and policy are run options: the policy (built-in name or YAML path) is
-    enforced at admission inside the launch.
-    """
-    from .launch import run as _run
-    from .spec import run_options
-    opts = run_options({k: v for k, v in (("name", name), ("policy", policy)) if v is not None})
-    return _run(spec, options=opts, **kw)
+_LAZY = {"run": "api", "run_async": "api", "resolve": "api", "ExitError": "api", "PIPE": "api", "STDOUT": "api",
+         "DEVNULL": "api", "Spec": "spec", "Result": "launch"}
 
 
-def resolve(argv, profile: str = "strict", **flags):
-    """Profile + flags (the CLI's names: memory="512m", cap_add=[...]) -> Spec."""
-    from .profiles import resolve as _resolve
-    from .spec import RUN_OPTION_FLAGS
-    for k in flags:
-        if k in RUN_OPTION_FLAGS:
-            raise TypeError(f"resolve() got the run option {k!r}: give it to run(spec, {k}=...) instead")
-    return _resolve(argv, profile=profile, **flags)
+def __getattr__(name: str):
+    # `import sandbox` stays as cheap as it was: `sbx run` (the CLI) imports this package first.
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"sandbox.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

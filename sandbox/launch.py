@@ -24,6 +24,7 @@ pipe, so a forked interpreter's page faults overlap them.
 """
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 import time
@@ -48,11 +49,35 @@ if TYPE_CHECKING:  # types only: none of these is imported on the run path unles
 
 @record
 class Result:
+    """How a sandbox ended. exit_code: the workload's own, 128+N for signal N (137 for OOM),
+    124 for an expired timeout. stdout/stderr: what the API captured (bytes, or str with text=True),
+    else None; *_truncated: the capture hit max_output. record: the run record (verification...)."""
+
     exit_code: int
     sandbox_id: str
-    record: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict, repr=False)
     oom_killed: bool = False
     timed_out: bool = False
+    stdout: bytes | str | None = None
+    stderr: bytes | str | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @property
+    def returncode(self) -> int:
+        """subprocess's name for exit_code."""
+        return self.exit_code
+
+    def __repr__(self) -> str:
+        parts = [f"exit_code={self.exit_code}", f"sandbox_id={self.sandbox_id[:12]!r}"]
+        for flag in ("oom_killed", "timed_out", "stdout_truncated", "stderr_truncated"):
+            if getattr(self, flag):
+                parts.append(f"{flag}=True")
+        for name in ("stdout", "stderr"):
+            v = getattr(self, name)
+            if v is not None:
+                parts.append(f"{name}={v[:60]!r}" + ("..." if len(v) > 60 else ""))
+        return "Result(" + ", ".join(parts) + ")"
 
 
 @record
@@ -596,8 +621,13 @@ class _Launch:
 
 
 def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None = None, on_started=None,
-        stderr=None) -> Result:
-    """Run one sandbox to completion. Raises SbxError for refusals (exit 125)."""
+        stderr=None, stdio=None) -> Result:
+    """Run one sandbox to completion. Raises SbxError for refusals (exit 125).
+
+    stdio: a sandbox.stdio.Relay for the sandbox's fds 0-2 (the API's capture mode), or a callable
+    making one (called while no other run() forks); None hands in the caller's streams
+    (terminals replaced by a relay).
+    """
     sid = sandbox_id or os.urandom(32).hex()
     t0 = time.monotonic()
     warm = _warm_cgroup_lock(spec)
@@ -607,21 +637,33 @@ def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None
         if warm is not None:
             warm.stop()
         raise
-    L = _Launch(p, stderr)
+    # Every fd that exists at a fork is inherited, and the sandbox's init never execs: the ends
+    # that only this sandbox may hold (its status pipe's write end, its stdout pipes' write ends,
+    # init's end of the layer socket) must not exist while another thread's run() forks. They
+    # live from here to the closing of our copies, under one lock.
+    _fork_lock.acquire()
+    locked = True
+    try:
+        L = _Launch(p, stderr)
+    except BaseException:
+        _fork_lock.release()
+        release(p)
+        raise
     L.warm = warm  # stopped once the sandbox is in its cgroup
     assert p.idmap is not None
     L.record = {"id": sid, "spec_digest": spec.digest(), "profile": spec.profile, "argv": list(spec.argv),
                 "notes": p.notes, "features": p.features, "idmap": p.idmap.describe(), "started": time.time()}
-    if _any_tty():
-        from . import stdio  # only an interactive caller pays for the relay
-        L.relay = stdio.Relay.for_caller()
     L.fwd = process.Forwarder()
     parent = os.getpid()
-    if p.layer_srcs and not p.idmap.rootless:
-        import _socket  # not `socket`: its enum/selectors imports would cost every image start ~5 ms
-        p.layer_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
-    process.Subreaper.enter()
     try:
+        L.relay = stdio() if callable(stdio) else stdio
+        if L.relay is None and _any_tty():
+            from . import stdio as _stdio  # only an interactive caller pays for the relay
+            L.relay = _stdio.Relay.for_caller()
+        if p.layer_srcs and not p.idmap.rootless:
+            import _socket  # not `socket`: its enum/selectors imports would cost every image start ~5 ms
+            p.layer_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        process.Subreaper.enter()
         try:
             L.setup_pid = os.fork()
         except OSError as e:
@@ -638,6 +680,8 @@ def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None
             p.layer_sock[1].close()  # init's end
         if L.relay is not None:
             L.relay.in_parent()
+        _fork_lock.release()
+        locked = False
         try:
             L.start()
         except ExecFailed as e:
@@ -657,6 +701,8 @@ def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None
         assert L.init_pid is not None
         return _finish(L, _wait(L.init_pid, spec.timeout, p, L.relay))
     finally:
+        if locked:
+            _fork_lock.release()
         if warm is not None:
             warm.stop()
         if L.relay is not None:
@@ -664,6 +710,9 @@ def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None
         L.fwd.restore()
         L.chan.close()
         release(p)
+
+
+_fork_lock = _thread.allocate_lock()  # run(): from creating a sandbox's private fds to closing our copies
 
 
 def _warm_cgroup_lock(spec: Spec):

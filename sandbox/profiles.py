@@ -253,8 +253,50 @@ def _flag_error(flag: str, msg: str) -> SpecError:
     return SpecError(msg, where=flag)
 
 
+def _nearest(word: str, choices) -> str:
+    import difflib
+    near = difflib.get_close_matches(word, list(choices), 1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+# Every flag resolve() reads, by the CLI's dest names (sandbox.cmd_run.OPTIONS, less the run options of
+# spec.RUN_OPTION_FLAGS, which cmd_run takes out first): anything else is a typo, and a silently dropped
+# `memroy=` would be a sandbox without its memory cap.
+FLAGS = frozenset({
+    "user", "cap_add", "cap_drop", "security_opt", "memory", "memory_swap", "cpus", "cpu_shares", "cpuset_cpus",
+    "cpuset_mems", "pids_limit", "ulimit", "network", "publish", "env", "env_file", "volume", "workdir",
+    "hostname", "read_only", "rootfs", "timeout", "entrypoint", "image",
+    "hostname_default",  # the CLI's --name, the hostname when none is given (the name itself is a run option)
+})
+
+
+def check_flags(func: str, flags, known=FLAGS, also=()) -> None:
+    """TypeError for the first keyword `func` does not know, naming the nearest valid one
+    (among `known` and `also`, the function's own keyword parameters)."""
+    for k in flags:
+        if k not in known:
+            raise TypeError(f"{func}() got an unexpected keyword argument {k!r}{_nearest(k, set(known) | set(also))}")
+
+
+def check_argv(func: str, argv) -> tuple[str, ...]:
+    """A command is a list of arguments: a string would be split into characters (or need a shell)."""
+    if isinstance(argv, (str, bytes)):
+        raise TypeError(f"{func}(): the command must be a list of arguments, not a string ({str(argv)[:40]!r}); "
+                        "split it yourself, or pass shlex=True to split it like a POSIX shell would")
+    try:
+        out = tuple(argv)
+    except TypeError:
+        raise TypeError(f"{func}(): the command must be a list of strings, not {type(argv).__name__}") from None
+    for a in out:
+        if not isinstance(a, str):
+            raise TypeError(f"{func}(): every argument must be a str, got {type(a).__name__} {a!r}")
+    return out
+
+
 def resolve(argv, profile: str = "strict", **flags) -> Spec:
     """Profile YAML (+extends) + flags -> Spec. Flags use the CLI's names (memory='512m', cap_add=[...], ...)."""
+    check_flags("resolve", flags)
+    argv = check_argv("resolve", argv)
     data, docs = load_profile(profile)
     doc = docs[-1]
 

@@ -140,6 +140,19 @@ class Spec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __repr__(self) -> str:
+        """The few fields that tell sandboxes apart; to_dict() (or `sbx run --explain`) has them all."""
+        r = self.resources
+        parts = [f"argv={list(self.argv)!r}", f"profile={self.profile!r}", f"uid={self.uid}",
+                 f"network={self.network!r}"]
+        for name, v in (("memory", r.memory), ("cpus", r.cpus), ("pids_limit", r.pids_limit),
+                        ("timeout", self.timeout)):
+            if v is not None:
+                parts.append(f"{name}={v!r}")
+        if self.filesystem.binds:
+            parts.append(f"binds={len(self.filesystem.binds)}")
+        return "Spec(" + ", ".join(parts) + ")"
+
     def digest(self) -> str:
         return sha256(canonical(self.to_dict())).hexdigest()
 

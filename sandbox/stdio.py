@@ -11,6 +11,14 @@ session (setsid in the setup process), so it has no controlling terminal and
 A terminal stdin is relayed only while sbx is in the terminal's foreground
 process group; a background sbx gives the sandbox /dev/null instead of
 stopping on SIGTTIN for input nobody typed for it.
+
+Capture mode (the Python API, `Relay.for_api`): each of fds 0-2 can be captured
+into a bounded buffer, streamed to a file object, handed a file with a real fd
+directly, or /dev/null. Input bytes are given as a sealed, read-only memfd, not a
+pipe: a pipe's write end held by sbx would be inherited by every sandbox another
+thread starts meanwhile (fork copies all fds), and the workload would never see
+EOF. Output beyond max_output is read and dropped (`truncated`), so a chatty or
+hostile workload cannot grow the caller's memory, nor block on a full pipe.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import select
 import time
 
 BUF = 65536
+PIPE, STDOUT, DEVNULL = -1, -2, -3  # subprocess's values, so subprocess.PIPE etc. work too
 DRAIN_TIMEOUT = 2.0  # after the sandbox ended: the pipes' writers are dying with its pid namespace
 
 
@@ -33,12 +42,14 @@ def _isatty(fd: int) -> bool:
 class Relay:
     """Pipes in place of the caller's terminal fds, and the copying between them."""
 
-    def __init__(self, inner: dict[int, int], outer: dict[int, int], devnull_stdin: bool) -> None:
-        self.inner = inner  # sandbox fd number -> the pipe end the sandbox gets
+    def __init__(self, inner: dict[int, int], outer: dict[int, int], devnull_stdin: bool,
+                 sinks: dict | None = None) -> None:
+        self.inner = inner  # sandbox fd number -> the pipe end (or file) the sandbox gets
         self.outer = outer  # sandbox fd number -> the pipe end sbx keeps
         self.devnull_stdin = devnull_stdin
         self.pending = b""  # stdin bytes read from the terminal, not yet taken by the sandbox
         self.stdin_eof = False
+        self.sinks: dict = sinks or {}  # sandbox fd -> _Sink (capture mode); others go to our own fd of that number
 
     @classmethod
     def for_caller(cls) -> Relay | None:
@@ -66,6 +77,60 @@ class Relay:
                 inner[fd], outer[fd] = w, r
         return cls(inner, outer, devnull_stdin)
 
+    @classmethod
+    def for_api(cls, *, stdin=None, input: bytes | None = None, stdout=None, stderr=None, text: bool = False,
+                max_output: int | None = None) -> Relay:
+        """The API's streams. stdin: None (the caller's), DEVNULL or a file with fileno(); input: bytes.
+        stdout/stderr: None (the caller's), PIPE (captured), DEVNULL, a file with fileno() (handed in),
+        or any object with write() (streamed; str when text); stderr=STDOUT joins stdout."""
+        inner: dict[int, int] = {}
+        outer: dict[int, int] = {}
+        sinks: dict[int, _Sink] = {}
+        try:
+            if input is not None:
+                inner[0] = _sealed(input)
+            elif stdin == DEVNULL:
+                inner[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            elif stdin is not None:
+                inner[0] = _dup_of(stdin, "stdin")
+            if 0 not in inner and _isatty(0):
+                inner[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # a program's terminal is not for it
+            for fd, target in ((1, stdout), (2, stderr)):
+                name = "stdout" if fd == 1 else "stderr"
+                if fd == 2 and target == STDOUT:
+                    inner[2] = os.dup(inner[1]) if 1 in inner else os.dup(1)  # fd 1 is no terminal here
+                elif target is None:
+                    if _isatty(fd):  # the caller's terminal: relayed, as in the CLI
+                        r, w = os.pipe2(os.O_CLOEXEC)
+                        inner[fd], outer[fd] = w, r
+                elif target == DEVNULL:
+                    inner[fd] = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
+                elif isinstance(target, int) and not isinstance(target, bool) and target >= 0:
+                    inner[fd] = os.dup(target)
+                elif target == PIPE or not _has_fileno(target):
+                    if target != PIPE and not callable(getattr(target, "write", None)):
+                        raise TypeError(f"{name} must be None, PIPE, DEVNULL, STDOUT (stderr only), a file or an "
+                                        f"object with write(), not {type(target).__name__}")
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    inner[fd], outer[fd] = w, r
+                    sinks[fd] = _Sink(None if target == PIPE else target, text, max_output if target == PIPE else None)
+                else:
+                    inner[fd] = _dup_of(target, name)
+        except BaseException:
+            for end in list(inner.values()) + list(outer.values()):
+                os.close(end)
+            raise
+        relay = cls(inner, outer, False, sinks)
+        relay.stdin_eof = True  # never read the caller's fd 0
+        return relay
+
+    def output(self, fd: int) -> tuple[bytes | str | None, bool]:
+        """What capture mode kept of fd 1 or 2 (None unless PIPE) and whether max_output cut it."""
+        sink = self.sinks.get(fd)
+        if sink is None or sink.target is not None:
+            return None, False
+        return sink.value(), sink.truncated
+
     def in_child(self) -> None:
         """In the sandbox's first process: the pipes become fds 0-2 (inherited by init and the workload)."""
         for fd, end in self.inner.items():
@@ -74,11 +139,12 @@ class Relay:
             nul = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             os.dup2(nul, 0)
             os.close(nul)
-        for end in list(self.inner.values()) + list(self.outer.values()):
-            os.close(end)
+        for end in set(self.inner.values()) | set(self.outer.values()):
+            if end > 2:
+                os.close(end)
 
     def in_parent(self) -> None:
-        for end in self.inner.values():
+        for end in set(self.inner.values()):
             os.close(end)
         self.inner = {}
 
@@ -136,7 +202,12 @@ class Relay:
             data = b""
         if not data:
             os.close(self.outer.pop(fd))
+            if fd in self.sinks:
+                self.sinks[fd].close()
             return False
+        if fd in self.sinks:
+            self.sinks[fd].write(data)
+            return True
         view = memoryview(data)
         while view:
             try:
@@ -164,6 +235,77 @@ class Relay:
                 if end in r:
                     self._copy_out(fd, end)
         self.close()
+
+
+class _Sink:
+    """Where one captured stream goes: a bounded buffer (target None), or target.write()."""
+
+    def __init__(self, target, text: bool, limit: int | None) -> None:
+        self.target = target
+        self.limit = limit
+        self.buf = bytearray()
+        self.truncated = False
+        self.decoder = None
+        if text:
+            import codecs
+            self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes) -> None:
+        if self.target is None:
+            room = len(data) if self.limit is None else max(0, self.limit - len(self.buf))
+            if room < len(data):
+                self.truncated = True
+            self.buf += data[:room]
+            return
+        try:
+            self.target.write(self.decoder.decode(data) if self.decoder is not None else data)
+        except (OSError, ValueError):
+            pass  # the caller's file went away: keep draining, as for a terminal
+
+    def close(self) -> None:
+        if self.target is not None and self.decoder is not None:
+            try:
+                self.target.write(self.decoder.decode(b"", final=True))
+            except (OSError, ValueError):
+                pass
+
+    def value(self) -> bytes | str:
+        data = bytes(self.buf)
+        return data.decode("utf-8", "replace") if self.decoder is not None else data
+
+
+def _has_fileno(obj) -> bool:
+    try:
+        return isinstance(obj.fileno(), int)
+    except (AttributeError, OSError, ValueError):
+        return False  # io.BytesIO and friends: UnsupportedOperation is an OSError and a ValueError
+
+
+def _dup_of(obj, what: str) -> int:
+    if isinstance(obj, int) and obj >= 0:
+        return os.dup(obj)
+    if _has_fileno(obj):
+        flush = getattr(obj, "flush", None)
+        if callable(flush):
+            flush()  # what the caller wrote before must come before the sandbox's output
+        return os.dup(obj.fileno())
+    raise TypeError(f"{what} must be a file object with fileno() or an fd, not {type(obj).__name__}")
+
+
+def _sealed(data: bytes) -> int:
+    """A read-only fd of a memfd holding data, sealed against any change (the workload's stdin)."""
+    import fcntl
+    fd = os.memfd_create("sbx-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    | fcntl.F_SEAL_WRITE)
+        ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)  # a fresh, read-only open at offset 0
+    finally:
+        os.close(fd)
+    return ro
 
 
 def wait(pidfd: int, relay: Relay | None, timeout: float | None) -> bool:

@@ -21,6 +21,7 @@ PROC_HANDLES = {
     "sandbox/netbridge.py": "opens the sandbox's net namespace to move a veth into it",
     "sandbox/doctor.py": "writes a probe child's own id maps",
     "sandbox/copyfiles.py": "reopens its own O_PATH fds through /proc/self/fd (nothing swapped between check and open)",
+    "sandbox/stdio.py": "reopens its own sealed memfd read-only (the API's input) through /proc/self/fd",
 }
 CALLS = {"open", "listdir", "readlink", "stat", "lstat", "scandir", "walk"}
 
