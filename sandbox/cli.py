@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "create": ("sandbox.cmd_verbs", "create_cmd"),
     "version": ("sandbox.cmd_verbs", "version_cmd"),
     "info": ("sandbox.cmd_verbs", "info_cmd"),
+    "volume": ("sandbox.cmd_volume", "volume_cmd"),
     "audit": ("sandbox.audit.cli", "audit_cmd"),
     "policy": ("sandbox.audit.policy_cli", "policy_cmd"),
     "profile": ("sandbox.cmd_profile", "profile_cmd"),

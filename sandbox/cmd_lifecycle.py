@@ -88,6 +88,8 @@ def describe(e: state.Entry) -> dict:
                                        else 0.0), 3),
         },
         "cgroup": st.get("cgroup"),
+        "network": st.get("network"),  # bridge: address, gateway, MAC, names, published ports
+        "mounts": st.get("mounts"),  # each bind's host path and the owner its files get (idmapped)
         "idmap": st.get("idmap"),
         "verification": st.get("verification"),
         "lsm_label": st.get("lsm_label"),

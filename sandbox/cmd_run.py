@@ -32,9 +32,14 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, type, str], ...] = (
     (("--ulimit",), "ulimit", "multi", str, "NAME=SOFT[:HARD]"),
     (("--network", "--net"), "network", "value", str, "none | loopback | bridge"),
     (("-p", "--publish"), "publish", "multi", str, "[HOSTIP:]HOSTPORT:CTRPORT[/tcp|udp]"),
+    (("--add-host",), "add_host", "multi", str, "NAME:IP line for the sandbox's /etc/hosts."),
+    (("--dns",), "dns", "multi", str, "DNS server for the sandbox's resolv.conf (bridge)."),
     (("-e", "--env"), "env", "multi", str, "K=V (K alone takes the caller's value)"),
     (("--env-file",), "env_file", "multi", str, "File of K=V lines."),
-    (("-v", "--volume"), "volume", "multi", str, "SRC:DST[:ro|rw]"),
+    (("-v", "--volume"), "volume", "multi", str,
+     "SRC:DST[:OPTS]: SRC a host path or a volume name; OPTS ro|rw, idmap|noidmap, U, z|Z."),
+    (("--mount",), "mount", "multi", str,
+     "type=bind|volume,source=S,target=T[,readonly][,idmap][,U=true][,relabel=shared|private]"),
     (("-w", "--workdir"), "workdir", "value", str, "Working directory inside."),
     (("--hostname",), "hostname", "value", str, "Hostname inside."),
     (("--read-only",), "read_only", "flag", bool, "Read-only root (strict has it already)."),
@@ -136,8 +141,11 @@ def do_run(profile: str, explain: bool, record: str | None, cmd, **kw) -> int:
             from .admission import admit
             admit(spec, opts)  # launch admits again for real; --explain says now whether it would
         import json
-        # The Spec as it is, plus the run's options beside it (not part of the Spec or its digest).
-        print(json.dumps({**spec.to_dict(), "run_options": opts.to_dict()}, indent=2, sort_keys=True))
+        from .mounts import writable_places
+        # The Spec as it is, plus the run's options beside it (not part of the Spec or its digest), and
+        # what its mount plan lets the workload fill (the caps of its writable places).
+        print(json.dumps({**spec.to_dict(), "run_options": opts.to_dict(), "writable": writable_places(spec)},
+                         indent=2, sort_keys=True))
         return 0
     if opts.detach:
         from .lifecycle import run_detached

@@ -6,7 +6,10 @@ by someone else (another local user, or a sandbox writing into a shared
 read-write volume, whose files belong to its own host uid range) is refused,
 the way the kernel's protected_symlinks refuses symlinks in sticky directories.
 Without this rule a sandbox could plant `cache -> /etc` in a volume and have the
-next `-v vol/cache:/cache` bind the host's /etc.
+next `-v vol/cache:/cache` bind the host's /etc. Inside sbx's named-volume store
+no symlink is followed at all, whoever owns it: through an idmapped mount a
+sandbox creates files as the volume's owner (for a rootless invoker, as the
+invoker itself), so an owner check could not tell its symlinks from yours.
 
 The walk runs in sbx (host credentials, so symlink owners are the real host
 uids) and yields a symlink-free path plus the (device, inode) it reached. The
@@ -40,6 +43,8 @@ def resolve(given: str, *, what: str, trusted_uids: frozenset[int] | None = None
     """Follow `given` component by component (O_NOFOLLOW), refusing symlinks of untrusted owners."""
     if trusted_uids is None:
         trusted_uids = frozenset({0, os.getuid()})
+    from .volumes import store_dir
+    store = os.path.realpath(store_dir()).rstrip("/") + "/"
     if not given.startswith("/"):
         raise SbxError(f"{what} {given}: must be an absolute path", where=what)
     todo = [c for c in given.split("/") if c and c != "."]
@@ -63,6 +68,9 @@ def resolve(given: str, *, what: str, trusted_uids: frozenset[int] | None = None
             if stat.S_ISLNK(st.st_mode):
                 os.close(fd)
                 here = "/" + "/".join(done + [comp])
+                if (here + "/").startswith(store):
+                    raise SbxError(f"{what} {given}: {here} is a symlink inside sbx's volume store (a sandbox may have "
+                                   "planted it): refusing to follow it", where=what)
                 if st.st_uid not in trusted_uids:
                     raise SbxError(f"{what} {given}: {here} is a symlink owned by uid {st.st_uid} (neither root nor "
                                    "you): refusing to follow it", where=what)

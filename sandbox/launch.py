@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # types only: none of these is imported on the run path unles
     from .netbridge import BridgeNet
     from .stdio import Relay
     from .userns import IdPlan
+    from .volumes import DataPlan
 
 
 @record
@@ -103,6 +104,7 @@ class Plan:
     bind_srcs: list[HostPath] = field(default_factory=list)
     layer_srcs: list[HostPath] = field(default_factory=list)  # an image's layer roots in the store, bottom first
     layer_sock: tuple | None = None  # (sbx end, init end): idmapped layer trees travel to init (SCM_RIGHTS)
+    data: DataPlan | None = None  # -v sources and volumes: their owners, idmapped trees, volume locks
     notes: list[str] = field(default_factory=list)
     features: dict = field(default_factory=dict)
 
@@ -124,12 +126,14 @@ def plan(spec: Spec, sandbox_id: str, *, options: RunOptions | None = None, exec
             _resolve_host_paths(p)
             _plan_ids(p)
         _plan_confinement(p, exec_label, joining)
+        if not joining:
+            _plan_data(p)
         # Before the cgroup: mkdir there waits on cgroup_mutex while cgwarm's grace period runs,
         # so everything that does not touch cgroups goes first.
         preload(p)
         if not joining:
             _check_cgroup_limits(p)
-            _plan_network(p)
+            _plan_network(p, (options or RunOptions()).name)
     except BaseException:
         release(p)
         raise
@@ -150,10 +154,9 @@ def _check_rlimits(spec: Spec) -> None:
 
 def _resolve_host_paths(p: Plan) -> None:
     fs = p.spec.filesystem
-    if fs.rootfs or fs.binds or p.spec.image is not None:
+    if fs.rootfs or p.spec.image is not None:  # -v sources: _plan_data
         from . import hostpath
         p.rootfs_src = hostpath.resolve(fs.rootfs, what="--rootfs") if fs.rootfs else None
-        p.bind_srcs = [hostpath.resolve(b.source, what="-v") for b in fs.binds]
         if p.spec.image is not None:
             p.layer_srcs = [hostpath.resolve(d, what="image layer") for d in p.spec.image.layers]
 
@@ -193,6 +196,16 @@ def _plan_confinement(p: Plan, exec_label: str | None, joining: bool) -> None:
             c.mac = mp
 
 
+def _plan_data(p: Plan) -> None:
+    """-v sources and named volumes: resolved (hostpath), their owners decided, volumes cloned (sandbox.volumes)."""
+    if p.spec.filesystem.binds:
+        from . import volumes
+        assert p.idmap is not None
+        p.data = volumes.prepare(p.spec, p.idmap, p.confinement.mac)
+        p.bind_srcs = p.data.sources
+        p.notes.extend(p.data.notes)
+
+
 def preload(p: Plan) -> None:
     """Import in sbx everything the sandbox processes will run.
 
@@ -216,10 +229,11 @@ def _check_cgroup_limits(p: Plan) -> None:
         cgroups.check(p.sandbox_id, p.spec.resources)  # bad values refuse before anything exists
 
 
-def _plan_network(p: Plan) -> None:
+def _plan_network(p: Plan, name: str | None) -> None:
     if p.spec.network == "bridge":
         from . import netbridge  # pyroute2 is imported there, and only for bridge mode
-        p.net = netbridge.prepare(p.spec, p.sandbox_id)
+        p.net = netbridge.prepare(p.spec, p.sandbox_id, name=name)
+        p.notes.extend(p.net.notes)
 
 
 def create_cgroup(p: Plan) -> None:
@@ -236,7 +250,9 @@ def create_cgroup(p: Plan) -> None:
 
 
 def release(p: Plan) -> None:
-    """Give back what the plan holds (network, cgroup, id slice); best effort, idempotent."""
+    """Give back what the plan holds (network, cgroup, id slice, volumes); best effort, idempotent."""
+    if p.data is not None:
+        p.data.release()  # idmapping namespaces, volume trees, volume locks
     if p.net is not None:
         try:
             p.net.release()
@@ -309,7 +325,11 @@ def _init_process(p: Plan, chan: Channel) -> None:
         layer_trees = step("image layers", _recv_layers, p) if p.layer_sock is not None else None
         # Before the id switch and any mount: with the invoker's access rights, in the copied mount tree.
         sources = step("open sources", mounts.open_sources, spec, p.rootfs_src, p.bind_srcs, p.layer_srcs,
-                       layer_trees)
+                       layer_trees, premade=p.data.premade if p.data is not None else None,
+                       net_tree=p.net.hosts_tree if p.net is not None else None)
+        if p.data is not None and p.data.idmap_in_init:  # sbx idmaps our clones of the -v sources (volumes.py)
+            step("report bind trees", chan.send, protocol.IDMAP, sources.tree_fds(p.data.idmap_in_init))
+            step("wait for idmapped binds", chan.wait, protocol.IDMAPPED)
         step("become root of the namespace", p.idmap.become_root)
         # Dumpable until confine_init, so the workload can open our /proc/1/ns/cgroup to join it. Only
         # sbx's code runs in the sandbox until then, and sbx checks init is not dumpable before any exec.
@@ -332,7 +352,8 @@ def _init_process(p: Plan, chan: Channel) -> None:
         step("wait for the cgroup", chan.wait, protocol.IN_CGROUP)  # sbx adopted us, the workload is in it
         step("parent death signal", process.die_with_parent, os.getppid())
         step("sbx alive", _refuse_if, chan.sbx_gone)  # EOF: sbx died between its token and the line above
-        step("cgroup namespace", namespaces.unshare_cgroup)  # rooted at the sandbox's cgroup
+        # rooted at the sandbox's cgroup, mounted read-only at /sys/fs/cgroup
+        step("cgroup namespace", mounts.cgroup_namespace, spec, p.sandbox_id)
         step("release the workload", os.write, go_w, protocol.GO)
         step("workload joined", _wait_joined, joined_r)  # it needed us dumpable until now
         os.close(go_w)
@@ -517,6 +538,7 @@ class _Launch:
         self.init_pid = chan.expect(protocol.INIT)[protocol.INIT]  # setup unshared and forked init
         self._write_maps()
         chan.give(protocol.MAPS_WRITTEN)
+        self._idmap_binds()
         self._adopt_init()
         create_cgroup(p)  # while init builds its mounts
         self._record_cgroup()
@@ -542,6 +564,18 @@ class _Launch:
         if self.p.net is not None:
             self.p.net.attach(self.init_pid)  # the veth goes in before anything runs there
             self.record["network"] = self.p.net.describe()
+
+    def _idmap_binds(self) -> None:
+        """init's clones of the -v sources, idmapped here (only host root may), while init waits."""
+        d = self.p.data
+        if d is None or not d.idmap_in_init:
+            return
+        assert self.init_pid is not None
+        n = len(d.notes)
+        d.idmap_init_trees(self.init_pid, self.chan.expect(protocol.IDMAP)[protocol.IDMAP])
+        self.p.notes.extend(d.notes[n:])  # a default idmap the filesystem cannot do: a note, a plain bind
+        self.record["mounts"] = d.describe()
+        self.chan.give(protocol.IDMAPPED)
 
     def _adopt_init(self) -> None:
         assert self.setup_pid is not None and self.init_pid is not None
@@ -653,6 +687,8 @@ def run(spec: Spec, *, options: RunOptions | None = None, sandbox_id: str | None
     assert p.idmap is not None
     L.record = {"id": sid, "spec_digest": spec.digest(), "profile": spec.profile, "argv": list(spec.argv),
                 "notes": p.notes, "features": p.features, "idmap": p.idmap.describe(), "started": time.time()}
+    if p.data is not None:
+        L.record["mounts"] = p.data.describe()
     L.fwd = process.Forwarder()
     parent = os.getpid()
     try:

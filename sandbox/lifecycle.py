@@ -310,7 +310,8 @@ def _supervise(spec: Spec, options: RunOptions, sid: str, d: str, report_fd: int
                      verification=record.get("verification"), cgroup=record.get("cgroup"),
                      idmap=record.get("idmap"), notes=record.get("notes"), features=record.get("features"),
                      startup_ms=record.get("startup_ms"), lsm_label=record.get("lsm_label"),
-                     landlock_abi=record.get("landlock_abi"), network=record.get("network"))
+                     landlock_abi=record.get("landlock_abi"), network=record.get("network"),
+                     mounts=record.get("mounts"))
         events.emit("start", sid, _current_name(sid, options.name))
         send({"started": sid})
 

@@ -31,7 +31,24 @@ tree for binds), which is what runc's securejoin and crun's openat2 code do.
 
 Bind sources are cloned (open_tree) in open_sources, before the staging tmpfs
 exists, so a recursive bind of the host's /tmp (or /) can never carry the
-staging mount, which holds the sandbox's writable root copies.
+staging mount, which holds the sandbox's writable root copies. Cloned here, in
+the sandbox's own mount namespace, a tree keeps the locks the kernel put on the
+host's mounts when the namespace was copied (a covered submount cannot be
+unmounted to show what is beneath it, a read-only host mount stays read-only).
+
+Idmapped mounts (idmap_tree) need CAP_SYS_ADMIN over the filesystem's own user
+namespace, which only host root has: sbx idmaps the trees init cloned (it takes
+them with pidfd_getfd while init waits, sandbox.volumes) or trees of its own
+store that it clones itself (named volumes, the bridge's hosts directory:
+`premade` in open_sources), which it makes private (no propagation to or from the
+host) and which have no submounts to protect.
+
+/sys/fs/cgroup (cgroup_namespace): once init is in the sandbox's cgroup it
+unshares its cgroup namespace and mounts each hierarchy where the sandbox has
+its own cgroup, read-only: v2 directly, v1 as a read-only tmpfs of one
+directory per hierarchy (plus a symlink per co-mounted controller), as Docker
+lays it out. The namespace root is the sandbox's cgroup, so nothing above or
+beside it is visible, and a runtime (JVM, Go, Node) reads its own limits there.
 """
 from __future__ import annotations
 
@@ -51,6 +68,9 @@ DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "
 RO_ATTRS = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 RW_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 MAX_ETC_COPY = 1 << 20
+STAGE_SIZE = 1 << 20  # the staging tmpfs: a --rootfs overlay's upper layer lives there
+ROOT_SIZE = 4 << 20  # the host-view root tmpfs
+DEV_SIZE = 65536
 ROOT_SOURCE = "sbx-root"  # the fs source of the sandbox's / (verify looks for it)
 
 
@@ -67,24 +87,30 @@ class Sources:
     bind_trees: list[tuple[Bind, int, bool]]  # (bind, detached tree fd, is_dir)
     layers: list[int] = field(default_factory=list)  # image layers bottom first: idmapped trees, or O_PATH fds
     idmapped: bool = False
+    net_tree: int | None = None  # the bridge's per-sandbox hosts directory (sbx-made, read-only)
 
     def close(self) -> None:
-        for fd in [self.rootfs_fd] + [b[1] for b in self.bind_trees] + self.layers:
+        for fd in [self.rootfs_fd, self.net_tree] + [b[1] for b in self.bind_trees] + self.layers:
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         self.rootfs_fd = None
+        self.net_tree = None
         self.bind_trees = []
         self.layers = []
 
+    def tree_fds(self, indexes) -> list[int]:
+        """The detached trees of these binds (by position in the Spec), for sbx to idmap."""
+        return [self.bind_trees[i][1] for i in indexes]
 
 def layer_trees(layers: list, userns_fd: int) -> list[int]:
     """Detached, read-only, nosuid, idmapped clones of the image's layer roots (run by sbx, host root).
 
     The idmapping is the sandbox's user namespace: a file the image gives uid N shows as N
-    inside, whatever host id range this sandbox has.
+    inside, whatever host id range this sandbox has. Private: a clone made in the host's mount
+    namespace would otherwise stay in the peer group of a shared host mount.
     """
     from .hostpath import reopen
     out: list[int] = []
@@ -97,7 +123,7 @@ def layer_trees(layers: list, userns_fd: int) -> list[int]:
                 os.close(fd)
             out.append(tree)
             try:
-                sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_IDMAP | RO_ATTRS, 0, userns_fd)
+                idmap_tree(tree, userns_fd, RO_ATTRS, recursive=False, propagation=sc.MS_PRIVATE)
             except OSError as e:
                 raise SbxError(f"cannot make an idmapped mount of image layer {hp.path}: {e.strerror} (image "
                                "sandboxes need idmapped mounts: kernel >= 5.12 and a filesystem that supports "
@@ -109,14 +135,19 @@ def layer_trees(layers: list, userns_fd: int) -> list[int]:
     return out
 
 
-def open_sources(spec: Spec, rootfs, binds: list, layers: list = (), layer_trees: list[int] | None = None) -> Sources:
+def open_sources(spec: Spec, rootfs, binds: list, layers: list = (), layer_trees: list[int] | None = None, *,
+                 premade: dict | None = None, net_tree: int | None = None) -> Sources:
     """Pin --rootfs and -v sources. Called after unshare, before the id switch and any mount.
 
     The paths were resolved by sbx itself (hostpath.resolve: symlink owners
     checked with host credentials); here they are opened again without following
     any symlink and must reach the same inode. (rootfs, binds: hostpath.HostPath)
+    premade: bind index -> (tree fd, is_dir) that sbx cloned itself (named volumes,
+    in sbx's 0700 store, which the sandbox's ids cannot reach); net_tree likewise.
+    This process owns those fds from here on (Sources.close closes them).
     """
-    srcs = Sources(None, [])
+    premade = premade or {}
+    srcs = Sources(None, [], net_tree=net_tree)
     if rootfs is None and not binds and not layers and layer_trees is None:
         return srcs
     from .hostpath import reopen
@@ -125,7 +156,10 @@ def open_sources(spec: Spec, rootfs, binds: list, layers: list = (), layer_trees
             srcs.rootfs_fd = reopen(rootfs, what="--rootfs")
             if not rootfs.is_dir:
                 raise SbxError(f"--rootfs {rootfs.given} is not a directory", where="--rootfs")
-        for b, hp in zip(spec.filesystem.binds, binds):
+        for i, (b, hp) in enumerate(zip(spec.filesystem.binds, binds)):
+            if i in premade:
+                srcs.bind_trees.append((b, premade[i][0], premade[i][1]))
+                continue
             fd = reopen(hp, what="-v")
             try:
                 tree = sc.open_tree(fd, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE
@@ -309,6 +343,30 @@ class NewRoot:
         finally:
             os.close(fd)
 
+    def replace(self, path: str, *, data: bytes | None = None, symlink: str | None = None) -> None:
+        """Put a file or symlink of sbx's at `path`, removing what the tree had there (never a directory).
+
+        In an overlay root the removal is a whiteout in the private upper layer:
+        the user's tree is not touched. Its parents are resolved like open()'s.
+        """
+        parent, _, leaf = path.strip("/").rpartition("/")
+        dfd = self.dir(parent)
+        try:
+            try:
+                st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise self.refuse(path, "is a directory; sbx puts a file there")
+                os.unlink(leaf, dir_fd=dfd)
+            if symlink is not None:
+                os.symlink(symlink, leaf, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        if data is not None:
+            self.write(path, data)
+
     def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Create a new file inside the root (never through a symlink, never an existing file)."""
         parent, _, leaf = path.strip("/").rpartition("/")
@@ -328,8 +386,13 @@ class NewRoot:
             os.close(fd)
 
 
-def clone_tree(path_or_fd: str | int, *, recursive: bool, attrs: int) -> int:
-    """A detached copy of a mount (subtree) with `attrs` set on every mount in it."""
+def clone_tree(path_or_fd: str | int, *, recursive: bool, attrs: int, propagation: int = 0) -> int:
+    """A detached copy of a mount (subtree) with `attrs` set on every mount in it.
+
+    propagation=MS_PRIVATE for a clone made in the host's mount namespace: a
+    clone of a shared mount joins its peer group, and mounts made later beneath
+    it (inside the sandbox) would propagate to the host.
+    """
     if isinstance(path_or_fd, int):
         tree = sc.open_tree(path_or_fd, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH
                             | (sc.AT_RECURSIVE if recursive else 0))
@@ -337,11 +400,27 @@ def clone_tree(path_or_fd: str | int, *, recursive: bool, attrs: int) -> int:
         tree = sc.open_tree(sc.AT_FDCWD, path_or_fd, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC
                             | (sc.AT_RECURSIVE if recursive else 0))
     try:
-        sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | (sc.AT_RECURSIVE if recursive else 0), attrs)
+        sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | (sc.AT_RECURSIVE if recursive else 0), attrs,
+                         propagation=propagation)
     except BaseException:
         os.close(tree)
         raise
     return tree
+
+
+def idmap_tree(tree: int, userns_fd: int, attrs: int = 0, *, recursive: bool = True, propagation: int = 0) -> None:
+    """Give a detached mount tree (an open_tree clone, not attached yet) the idmapping of userns_fd.
+
+    Files on it then show their owners mapped through that user namespace (on-disk
+    id N appears as the namespace's id N, i.e. its host id), and files created
+    through it are stored with the inverse mapping (mount_setattr(2)). A mount can
+    be idmapped once. Needs CAP_SYS_ADMIN over the filesystem's user namespace:
+    host root (sbx), never the sandbox. Shared by -v binds, named volumes and image
+    layers. OSError: EINVAL when a filesystem in the tree cannot be idmapped (or the
+    tree is attached), EPERM when not privileged or already idmapped. propagation: see clone_tree.
+    """
+    sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | (sc.AT_RECURSIVE if recursive else 0),
+                     sc.MOUNT_ATTR_IDMAP | attrs, 0, userns_fd, propagation=propagation)
 
 
 def _bind_host(root: NewRoot, host: str, path: str, *, create: str, attrs: int, recursive: bool = True) -> None:
@@ -393,7 +472,7 @@ def _etc(root: NewRoot, spec: Spec) -> None:
         for u, n in sorted(users.items())).encode())
     root.write("etc/group", "".join(f"{n}:x:{g}:\n" for g, n in sorted(groups.items())).encode())
     root.write("etc/hostname", (spec.hostname + "\n").encode())
-    root.write("etc/hosts", f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.hostname}\n".encode())
+    _names(root, spec, fresh=True)
     etc = root.dir("etc")
     try:
         for name in spec.filesystem.etc_files:
@@ -427,6 +506,34 @@ def _etc(root: NewRoot, spec: Spec) -> None:
                     continue  # generated above (passwd, hosts, ...): ours wins
     finally:
         os.close(etc)
+
+
+NET_DIR = "/run/sbx-net"  # the bridge's hosts (and resolv.conf): kept current by sbx (sandbox.netbridge)
+
+
+def hosts_text(spec: Spec) -> bytes:
+    """The /etc/hosts of a sandbox off the bridge: localhost, its hostname, --add-host lines."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", f"127.0.1.1\t{spec.hostname}"]
+    lines += [f"{ip}\t{name}" for name, ip in spec.add_hosts]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _names(root: NewRoot, spec: Spec, *, fresh: bool) -> None:
+    """/etc/hosts and /etc/resolv.conf: sbx's own, in the generated /etc (fresh) or over a rootfs's.
+
+    On the bridge they are symlinks into NET_DIR, a read-only bind of a directory
+    sbx rewrites (by rename) as sandboxes come and go, so every sandbox resolves
+    the others' names; elsewhere a static file, and only --add-host changes a rootfs's.
+    """
+    if spec.network != "bridge" and not (fresh or spec.add_hosts):
+        return  # a rootfs keeps its own /etc/hosts
+    os.close(root.open("etc", create="dir"))
+    if spec.network == "bridge":
+        root.replace("etc/hosts", symlink=NET_DIR + "/hosts")
+        if spec.egress or spec.dns:
+            root.replace("etc/resolv.conf", symlink=NET_DIR + "/resolv.conf")
+    else:
+        root.replace("etc/hosts", data=hosts_text(spec))
 
 
 def _host_view(root: NewRoot, spec: Spec) -> None:
@@ -482,7 +589,7 @@ def _proc(root: NewRoot, spec: Spec) -> None:
 
 
 def _dev(root: NewRoot, spec: Spec, rootless: bool) -> None:
-    root.mount("dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755,size=65536")
+    root.mount("dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, f"mode=0755,size={DEV_SIZE}")
     dev = root.dir("dev")  # the fresh tmpfs: nothing of the rootfs is beneath it any more
     try:
         for node in DEV_NODES:
@@ -570,7 +677,7 @@ def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         stage = _staging_point()
         step = f"staging tmpfs on {stage}"
-        sc.mount("sbx-stage", stage, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=1m")
+        sc.mount("sbx-stage", stage, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=0755,size={STAGE_SIZE}")
         new = os.path.join(stage, "root")
         os.mkdir(new, 0o755)
         if sources.rootfs_fd is not None:
@@ -594,7 +701,7 @@ def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
                 os.close(root.open(spec.cwd, create="dir"))  # Docker creates a missing WorkingDir
         else:
             step = "root tmpfs"
-            sc.mount(ROOT_SOURCE, new, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=4m")
+            sc.mount(ROOT_SOURCE, new, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=0755,size={ROOT_SIZE}")
             root = NewRoot(os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), "sandbox root")
             step = "host-view binds"
             _host_view(root, spec)
@@ -608,6 +715,15 @@ def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
             step = "/sys"
             root.mount("sys", "sysfs", "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
             _mask(root, tuple(p for p in fs.masked_paths if p.startswith("/sys/")))
+        if fs.rootfs is not None:
+            step = "/etc/hosts"
+            _names(root, spec, fresh=False)
+        if sources.net_tree is not None:
+            step = NET_DIR
+            root.attach(sources.net_tree, NET_DIR, create="dir")
+        if spec.resources.requested():
+            step = "/sys/fs/cgroup"
+            os.close(root.open("sys/fs/cgroup", create="dir"))  # mounted by cgroup_namespace, after the pivot
         step = "binds"
         _binds(root, sources)
         step = "/dev read-only"
@@ -630,6 +746,80 @@ def setup(spec: Spec, sources: Sources, *, rootless: bool) -> None:
         if root is not None:
             _close(root.fd)
         sources.close()
+
+
+def _own_cgroups(sandbox_id: str) -> list:
+    """The hierarchies (facts.CgroupEntry) where this process is in the sandbox's own cgroup (…/sbx/<id>)."""
+    from . import facts
+    from .cgroups.base import PARENT
+    tail = f"/{PARENT}/{sandbox_id}"
+    return [e for e in facts.read_cgroup("self") if e.path == tail or e.path.endswith(tail)]
+
+
+def cgroup_namespace(spec: Spec, sandbox_id: str) -> None:
+    """Unshare the cgroup namespace (rooted at the sandbox's cgroup) and mount /sys/fs/cgroup from it.
+
+    Runs in init after the pivot, once sbx has put it in the sandbox's cgroup.
+    Only hierarchies where the sandbox has a cgroup of its own are mounted: in
+    any other, the namespace root would be the caller's cgroup, with its siblings.
+    """
+    from . import namespaces
+    own = _own_cgroups(sandbox_id) if spec.resources.requested() else []
+    namespaces.unshare_cgroup()
+    if not own:
+        return
+    flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    root = NewRoot(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), "sandbox root")
+    try:
+        v1 = [e for e in own if e.controllers]
+        if not v1:
+            root.mount("sys/fs/cgroup", "cgroup2", "cgroup2", flags, create=None)
+            return
+        root.mount("sys/fs/cgroup", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                   "mode=0755,size=64k,nr_inodes=256", create=None)
+        top = root.dir("sys/fs/cgroup")
+        try:
+            for e in v1:
+                name = ",".join(e.controllers)
+                os.mkdir(name, 0o755, dir_fd=top)
+                for c in e.controllers if len(e.controllers) > 1 else ():
+                    os.symlink(name, c, dir_fd=top)  # cpu -> cpu,cpuacct, as Docker and systemd lay it out
+        finally:
+            os.close(top)
+        for e in v1:
+            root.mount("sys/fs/cgroup/" + ",".join(e.controllers), "cgroup", "cgroup", flags,
+                       ",".join(e.controllers), create=None)
+        root.setattr("sys/fs/cgroup", RO_ATTRS | sc.MOUNT_ATTR_NOEXEC)
+    except OSError as e:
+        raise _fail("/sys/fs/cgroup", e) from None
+    finally:
+        _close(root.fd)
+
+
+def writable_places(spec: Spec) -> list[dict]:
+    """Where the workload can write and how much (for --explain): sbx's own places are capped tmpfs;
+    binds and volumes are host storage sbx does not cap (the host filesystem's quotas apply)."""
+    fs = spec.filesystem
+    out = [{"path": "/tmp", "kind": "tmpfs", "cap_bytes": fs.tmp_size},
+           {"path": "/dev/shm", "kind": "tmpfs", "cap_bytes": fs.shm_size},
+           {"path": "/dev/mqueue", "kind": "mqueue", "cap_bytes": None,
+            "note": "POSIX message queues: bounded by the msgqueue rlimit and the kernel's queue limits"}]
+    if fs.read_only:
+        out.append({"path": "/", "kind": "read-only", "cap_bytes": 0})
+    elif spec.image is not None:
+        out.append({"path": "/", "kind": "overlay upper layer (tmpfs)", "cap_bytes": fs.tmp_size,
+                    "note": "writes land in a private layer above the image's, never in the store"})
+    elif fs.rootfs is not None:
+        out.append({"path": "/", "kind": "overlay upper layer (tmpfs)", "cap_bytes": STAGE_SIZE,
+                    "note": f"writes to {fs.rootfs} land in a private layer, never in the directory"})
+    else:
+        out.append({"path": "/", "kind": "tmpfs", "cap_bytes": ROOT_SIZE})
+    for b in fs.binds:
+        if not b.readonly:
+            out.append({"path": b.target, "kind": "volume" if b.kind == "volume" else "host bind",
+                        "cap_bytes": None, "source": b.source,
+                        "note": "host storage: not capped by sbx (the host filesystem's space and quotas apply)"})
+    return out
 
 
 @record(frozen=True)
@@ -747,7 +937,17 @@ def planned(spec: Spec) -> MountPlan:
                 ms.append(PlannedMount(host, host, True, True))
     for b in fs.binds:
         trees.append(b.target)
-        ms.append(PlannedMount(b.target, os.path.normpath(b.source), b.readonly, True))
+        if b.kind == "volume":
+            # sbx's own data (sandbox.volumes), not a host path: as a PVC is not a hostPath
+            ms.append(PlannedMount(b.target, f"volume:{b.source}", b.readonly, False))
+        else:
+            ms.append(PlannedMount(b.target, os.path.normpath(b.source), b.readonly, True))
+    if spec.network == "bridge":
+        exact.add(NET_DIR)
+        ms.append(PlannedMount(NET_DIR, "sbx-net", True, False))  # sbx's hosts file, rewritten by sbx
+    if spec.resources.requested():
+        trees.append("/sys/fs/cgroup")  # one mount (v2) or a tmpfs with one per hierarchy (v1)
+        ms.append(PlannedMount("/sys/fs/cgroup", "cgroup", True, False))
     exact.update(trees)
     return MountPlan(
         mounts=tuple(ms), exact=frozenset(exact), trees=tuple(t.rstrip("/") + "/" for t in trees),

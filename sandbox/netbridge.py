@@ -19,6 +19,17 @@ Lifecycle, as launch.py drives it:
 - release(), always: proxy stopped, veth deleted, allocation removed, nft
   table rewritten; with no sandbox left the table and sbx0 are removed too,
   so an idle host carries nothing of sbx.
+Names: every live allocation carries its sandbox's name, hostname and
+--add-host lines, and the store holds one directory per sandbox (hosts/<id>/,
+rewritten by rename whenever a sandbox joins or leaves the bridge) with the
+`hosts` file every sandbox on the bridge sees: itself, every other live sandbox
+by --name, hostname and 12-character id, its own --add-host lines. sbx binds
+that directory read-only at /run/sbx-net and makes /etc/hosts a symlink into
+it (sandbox.mounts), so the file a sandbox reads is always current without sbx
+ever writing into a sandbox. With egress (or --dns) the same directory holds
+its resolv.conf: --dns servers, else the host's own nameservers that a
+sandbox can reach (not loopback, link-local or IPv6), search and options lines.
+
 A killed sbx leaves an allocation whose owner is dead (the kernel removes the
 veth with the sandbox's namespace, and the proxy dies with the process): the
 next prepare() reaps it (owner = pid + start time, so a reused pid is not
@@ -28,8 +39,11 @@ Firewall (own tables `inet sbx` and `bridge sbx`, never touching anyone
 else's): each sandbox's bridge port only passes frames from its own MAC and
 IPv4 address (a workload with CAP_NET_RAW in its namespace cannot forge
 another sandbox's address); sandboxes cannot open
-connections to the host itself (input from sbx0 only for established flows)
-nor be routed anywhere, except sandboxes whose profile allows egress: their
+connections to the host itself (input from sbx0 only for established flows):
+no service of the host is reachable from the bridge, whatever address it listens
+on (the gateway, the host's other addresses, 0.0.0.0) and whatever the profile
+says, ports published by other sandboxes included (reach those sandboxes by name
+on the bridge instead); nor be routed anywhere, except sandboxes whose profile allows egress: their
 addresses are in the set @egress, forwarded (not to link-local addresses,
 where cloud metadata services live) and masqueraded. ip_forward is switched on
 only while an egress sandbox runs, and restored if sbx switched it.
@@ -47,6 +61,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -162,6 +177,29 @@ class _Alloc:
 
     def alive(self) -> bool:
         return _starttime(self.owner_pid) == self.owner_start
+
+
+@dataclass
+class _Names:
+    """hosts/<id>/names.json: a bridge sandbox's names (beside its allocation record, whose format
+    older sbx versions on the same host still read)."""
+
+    sandbox_id: str
+    ip: str
+    name: str = ""
+    hostname: str = ""
+    add_hosts: list = field(default_factory=list)  # [[name, ip], ...]
+
+    def names(self) -> list[str]:
+        """How other sandboxes on the bridge call this one."""
+        out = [n for n in (self.name, self.hostname if self.hostname != DEFAULT_HOSTNAME else "",
+                           self.sandbox_id[:12]) if n]
+        return list(dict.fromkeys(out))
+
+
+DEFAULT_HOSTNAME = "sbx"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 def _read_allocs(d: str, cfg: BridgeConfig) -> dict[str, _Alloc]:
@@ -448,6 +486,11 @@ class BridgeNet:
     proxy: object = None
     released: bool = False
     timings_ms: dict = field(default_factory=dict)
+    hosts_dir: str = ""  # hosts/<id> in the store, bound read-only at /run/sbx-net
+    hosts_tree: int | None = None  # its detached clone, attached by the sandbox's init
+    dns: tuple = ()  # resolv.conf nameservers
+    notes: list = field(default_factory=list)
+    names: list = field(default_factory=list)  # what other bridge sandboxes resolve to this one
 
     def attach(self, pid: int) -> None:
         """Wire the sandbox (its setup process is pid, already in its own netns) into sbx0."""
@@ -491,6 +534,9 @@ class BridgeNet:
             self.proxy = proxy
 
     def release(self) -> None:
+        if self.hosts_tree is not None:
+            os.close(self.hosts_tree)
+            self.hosts_tree = None
         if self.released:
             return
         self.released = True
@@ -503,6 +549,7 @@ class BridgeNet:
              "address": f"{self.ip}/{self.cfg.prefixlen}", "gateway": str(self.cfg.gateway),
              "interface": "eth0", "mac": mac_for(self.ip), "host_veth": self.veth,
              "egress": self.egress, "nft_tables": [f"inet {NFT_TABLE}", f"bridge {NFT_TABLE}"],
+             "names": self.names, "dns": list(self.dns), "host_services": "unreachable",
              "anti_spoofing": True,
              "ports": self.proxy.describe() if self.proxy is not None else
              [{"host": f"{p.host_ip}:{p.host_port}/{p.proto}", "container": p.container_port} for p in self.ports]}
@@ -511,7 +558,7 @@ class BridgeNet:
         return d
 
 
-def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
+def prepare(spec: Spec, sandbox_id: str, *, name: str | None = None) -> BridgeNet:
     """Refuse early if the host can't do bridge mode; allocate an address; bridge and firewall ready."""
     t0 = time.monotonic()
     if os.geteuid() != 0:
@@ -537,7 +584,14 @@ def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
         atomic_write(os.path.join(d, "alloc", str(ip)), json.dumps(rec.__dict__).encode())
         allocs[str(ip)] = rec
         job = None
+        names = _Names(sandbox_id, str(ip), name or "", spec.hostname, [list(h) for h in spec.add_hosts])
         try:
+            hosts_dir = _hosts_dir(d, sandbox_id)
+            atomic_write(os.path.join(hosts_dir, "names.json"), json.dumps(names.__dict__).encode())
+            dns, notes = resolv_servers(spec)
+            if spec.egress or spec.dns:
+                atomic_write(os.path.join(hosts_dir, "resolv.conf"), resolv_text(dns, bool(spec.dns)), mode=0o644)
+            _write_hosts(d, allocs)
             job = _firewall_job(d, allocs)
             IPRoute = _iproute()  # the import (~115 ms cold) overlaps the nft transaction
             with IPRoute() as host:
@@ -551,6 +605,7 @@ def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
             _unlink(os.path.join(d, "alloc", str(ip)))
             allocs.pop(str(ip), None)
             try:
+                _write_hosts(d, allocs)
                 _sync_locked(d, allocs, [])
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
@@ -558,6 +613,13 @@ def prepare(spec: Spec, sandbox_id: str) -> BridgeNet:
                 raise
             raise SbxError(f"bridge networking: cannot set up {BRIDGE}: {e}") from None
     net = BridgeNet(sandbox_id, cfg, ip, veth, bool(spec.egress), tuple(spec.ports))
+    net.hosts_dir, net.dns, net.notes = hosts_dir, dns, notes
+    net.names = names.names()
+    try:
+        net.hosts_tree = _hosts_tree(hosts_dir)
+    except BaseException:
+        net.release()
+        raise
     net.timings_ms["prepare"] = round((time.monotonic() - t0) * 1000, 2)
     return net
 
@@ -589,6 +651,7 @@ def _forget(ip: ipaddress.IPv4Address) -> None:
     with _locked() as d:
         _unlink(os.path.join(d, "alloc", str(ip)))
         live, dead = _scan(d, cfg)
+        _write_hosts(d, live)  # the others stop resolving us; our own directory goes
         _sync_locked(d, live, dead)  # our veth is no live allocation's any more: deleted as stray
 
 
@@ -671,5 +734,147 @@ def reap() -> dict:
     cfg = config()
     with _locked() as d:
         live, dead = _scan(d, cfg)
+        _write_hosts(d, live)
         _sync_locked(d, live, dead)
     return {"live": sorted(live)}
+
+
+# ---------------------------------------------------------------- names: /etc/hosts and resolv.conf
+
+def _hosts_root(d: str) -> str:
+    return ensure_private_dir(os.path.join(d, "hosts"))
+
+
+def _hosts_dir(d: str, sandbox_id: str) -> str:
+    """hosts/<id>: world-readable (the sandbox reads it as an unmapped uid), inside the 0700 store."""
+    p = os.path.join(_hosts_root(d), sandbox_id)
+    try:
+        os.mkdir(p, 0o755)
+    except FileExistsError:
+        st = os.lstat(p)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise SbxError(f"{p} is not sbx's directory") from None
+    os.chmod(p, 0o755)
+    return p
+
+
+def _read_names(root: str, a: _Alloc) -> _Names:
+    """A live allocation's names; only its id if they are missing (a sandbox of an older sbx) or malformed."""
+    try:
+        fd = os.open(os.path.join(root, a.sandbox_id, "names.json"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            rec = json.loads(f.read(65536))
+        n = _Names(a.sandbox_id, a.ip, str(rec.get("name") or ""), str(rec.get("hostname") or ""),
+                   [[str(h), str(ipaddress.ip_address(i))] for h, i in rec.get("add_hosts") or ()])
+        # Names end up in every bridge sandbox's /etc/hosts: only what resolve() accepts.
+        if (n.name and not _NAME_RE.fullmatch(n.name)) or (n.hostname and not _HOST_RE.fullmatch(n.hostname)) or \
+                not all(_HOST_RE.fullmatch(h) for h, _ in n.add_hosts) or rec.get("sandbox_id") != a.sandbox_id:
+            raise ValueError("bad names")
+        return n
+    except (OSError, ValueError, TypeError, AttributeError):
+        return _Names(a.sandbox_id, a.ip)
+
+
+def hosts_text(me: _Names, allocs: list[_Names]) -> bytes:
+    """The /etc/hosts one bridge sandbox sees: localhost, itself, every other live sandbox, its --add-host lines."""
+    lines = ["# sbx: sandboxes on the bridge, kept current while they run", "127.0.0.1\tlocalhost",
+             "::1\tlocalhost ip6-localhost ip6-loopback", f"{me.ip}\t{' '.join(dict.fromkeys([me.hostname] + me.names()))}"]
+    for a in sorted(allocs, key=lambda a: ipaddress.IPv4Address(a.ip)):
+        if a.sandbox_id != me.sandbox_id:
+            lines.append(f"{a.ip}\t{' '.join(a.names())}")
+    lines += [f"{ip}\t{n}" for n, ip in me.add_hosts]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _write_hosts(d: str, allocs: dict[str, _Alloc]) -> None:
+    """Rewrite every live sandbox's hosts file (by rename: a reader sees the old or the new one); drop the rest."""
+    root = _hosts_root(d)
+    live = [_read_names(root, a) for a in allocs.values() if re.fullmatch(r"[0-9a-f]{64}", a.sandbox_id)]
+    for a in live:
+        p = os.path.join(root, a.sandbox_id)
+        if os.path.isdir(p) and not os.path.islink(p):
+            atomic_write(os.path.join(p, "hosts"), hosts_text(a, live), mode=0o644)
+    keep = {a.sandbox_id for a in live}
+    for n in os.listdir(root):
+        if n not in keep and re.fullmatch(r"[0-9a-f]{64}", n):
+            p = os.path.join(root, n)
+            for f in ("hosts", "resolv.conf", "names.json"):
+                _unlink(os.path.join(p, f))
+            try:
+                os.rmdir(p)
+            except OSError:
+                pass
+
+
+def _hosts_tree(hosts_dir: str) -> int:
+    """A private, read-only detached clone of the sandbox's hosts directory, for its init to attach."""
+    from . import mounts, syscalls as sc
+    fd = os.open(hosts_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return mounts.clone_tree(fd, recursive=False, attrs=mounts.RO_ATTRS | sc.MOUNT_ATTR_NOEXEC,
+                                 propagation=sc.MS_PRIVATE)
+    finally:
+        os.close(fd)
+
+
+RESOLV_FILES = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")
+_RESOLV_OPTIONS = re.compile(r"(ndots|timeout|attempts):\d{1,2}|rotate|edns0|single-request|single-request-reopen|"
+                             r"use-vc|no-tld-query|trust-ad|inet6|no-aaaa")
+
+
+def _host_resolv() -> tuple[list[str], list[str], list[str], str]:
+    """(usable nameservers, search domains, options, file) from the host's resolver config."""
+    for path in RESOLV_FILES:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read(65536)
+        except OSError:
+            continue
+        servers, search, opts = [], [], []
+        for line in text.splitlines():
+            parts = line.split("#", 1)[0].split()
+            if not parts:
+                continue
+            if parts[0] == "nameserver" and len(parts) > 1:
+                try:
+                    ip = ipaddress.ip_address(parts[1])
+                except ValueError:
+                    continue
+                # What a sandbox can reach: IPv4 (the bridge has no IPv6), not the host's loopback (another
+                # network namespace), not link-local (the firewall drops it: cloud metadata lives there).
+                if ip.version == 4 and not ip.is_loopback and not ip.is_link_local and not ip.is_unspecified:
+                    servers.append(str(ip))
+            elif parts[0] in ("search", "domain"):
+                search = [p for p in parts[1:] if _HOST_RE.fullmatch(p)][:6]
+            elif parts[0] == "options":
+                opts = [p for p in parts[1:] if _RESOLV_OPTIONS.fullmatch(p)]
+        if servers:
+            return servers[:3], search, opts, path
+    return [], [], [], ""
+
+
+def resolv_servers(spec: Spec) -> tuple[tuple, list[str]]:
+    """(nameservers, notes) for the sandbox's resolv.conf; empty without egress or --dns."""
+    notes: list[str] = []
+    if spec.dns:
+        if not spec.egress:
+            notes.append("--dns: this sandbox has no egress, so only a DNS server on the bridge is reachable")
+        return tuple(spec.dns), notes
+    if not spec.egress:
+        return (), notes
+    servers, _, _, _ = _host_resolv()
+    if not servers:
+        notes.append("dns: the host has no nameserver a sandbox can reach (only loopback, link-local or IPv6 ones); "
+                     "give --dns")
+    return tuple(servers), notes
+
+
+def resolv_text(servers, from_flag: bool) -> bytes:
+    _, search, opts, src = _host_resolv()
+    lines = ["# sbx: nameservers " + ("from --dns" if from_flag else f"from {src}" if src else "unknown (give --dns)")]
+    lines += [f"nameserver {s}" for s in servers]
+    if search:
+        lines.append("search " + " ".join(search))
+    if opts:
+        lines.append("options " + " ".join(opts))
+    return ("\n".join(lines) + "\n").encode()

@@ -45,6 +45,8 @@ SCHEMA: dict = {
 }
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_HOSTNAME_FQDN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                            r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _ENVKEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -175,23 +177,130 @@ def profile_chain(ref: str) -> list[str]:
     return [d.path for d in docs]
 
 
+BIND_OPTIONS = ("ro", "rw", "idmap", "noidmap", "U", "z", "Z")
+MOUNT_KEYS = ("type", "source", "src", "target", "destination", "dst", "readonly", "ro", "idmap", "U", "chown",
+              "relabel")
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _nearest(word: str, choices) -> str:
+    import difflib
+    near = difflib.get_close_matches(word, list(choices), 1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def _bind(text: str, src: str, dst: str, readonly: bool, *, idmap: bool | None = None, chown: bool = False,
+          relabel: str | None = None) -> Bind:
+    """The checks -v and --mount share: what the source names, where the target may be."""
+    if not src:
+        raise ValueError(f"'{text}': no source (anonymous volumes are not supported: name one, NAME:{dst or '/path'})")
+    if src.startswith("/"):
+        kind, source = "bind", os.path.abspath(src)
+    elif _VOLUME_NAME.match(src):
+        kind, source = "volume", src
+    else:
+        raise ValueError(f"'{text}': source '{src}' is neither an absolute path nor a volume name "
+                         "([A-Za-z0-9][A-Za-z0-9_.-]*)")
+    if kind == "volume" and idmap is False:
+        raise ValueError(f"'{text}': a volume is always idmapped (its files belong to sbx's volume owner); "
+                         "noidmap is for host paths")
+    if not dst.startswith("/") or ".." in dst.split("/"):
+        raise ValueError(f"'{text}': destination must be an absolute path without '..'")
+    if os.path.normpath(dst) in ("/", "/proc", "/dev", "/sys") or dst.startswith(("/proc/", "/dev/", "/sys/")):
+        raise ValueError(f"'{text}': cannot bind over {dst}")
+    return Bind(source, os.path.normpath(dst), readonly, kind=kind, idmap=idmap, chown=chown, relabel=relabel)
+
+
 def parse_bind(text: str, default_ro: bool) -> Bind:
+    """-v SRC:DST[:OPT,...]: SRC an absolute host path or a volume name; OPT ro, rw, idmap, noidmap, U, z, Z."""
     parts = text.split(":")
     if len(parts) == 2:
-        src, dst, mode = parts[0], parts[1], None
+        src, dst, opts = parts[0], parts[1], []
     elif len(parts) == 3:
-        src, dst, mode = parts
+        src, dst = parts[0], parts[1]
+        opts = parts[2].split(",")
     else:
-        raise ValueError(f"bind '{text}' must be SRC:DST[:ro|rw]")
-    if mode not in (None, "ro", "rw"):
-        raise ValueError(f"bind '{text}': mode must be ro or rw, not '{mode}'")
-    if not src or not os.path.isabs(src):
-        raise ValueError(f"bind '{text}': source must be an absolute path")
-    if not dst.startswith("/") or ".." in dst.split("/"):
-        raise ValueError(f"bind '{text}': destination must be an absolute path without '..'")
-    if os.path.normpath(dst) in ("/", "/proc", "/dev", "/sys") or dst.startswith(("/proc/", "/dev/", "/sys/")):
-        raise ValueError(f"bind '{text}': cannot bind over {dst}")
-    return Bind(os.path.abspath(src), os.path.normpath(dst), default_ro if mode is None else mode == "ro")
+        raise ValueError(f"bind '{text}' must be SRC:DST[:OPTIONS] (options: {', '.join(BIND_OPTIONS)})")
+    seen: set[str] = set()
+    for o in opts:
+        if o not in BIND_OPTIONS:
+            raise ValueError(f"bind '{text}': unknown option '{o}'{_nearest(o, BIND_OPTIONS)} "
+                             f"(options: {', '.join(BIND_OPTIONS)})")
+        if o in seen:
+            raise ValueError(f"bind '{text}': option '{o}' given twice")
+        seen.add(o)
+    for a, b in (("ro", "rw"), ("idmap", "noidmap"), ("z", "Z")):
+        if a in seen and b in seen:
+            raise ValueError(f"bind '{text}': '{a}' and '{b}' contradict each other")
+    readonly = default_ro if not seen & {"ro", "rw"} else "ro" in seen
+    idmap = True if "idmap" in seen else (False if "noidmap" in seen else None)
+    relabel = "z" if "z" in seen else ("Z" if "Z" in seen else None)
+    return _bind(f"bind {text}", src, dst, readonly, idmap=idmap, chown="U" in seen, relabel=relabel)
+
+
+def _truth(text: str, key: str, v: str | None) -> bool:
+    if v is None or v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"mount '{text}': {key}={v} must be true or false")
+
+
+def parse_mount(text: str, default_ro: bool) -> Bind:
+    """--mount type=bind|volume,source=S,target=T[,readonly][,idmap][,U=true][,relabel=shared|private]."""
+    kv: dict[str, str | None] = {}
+    for item in text.split(","):
+        if not item:
+            continue
+        k, eq, v = item.partition("=")
+        k = k.strip()
+        if k not in MOUNT_KEYS:
+            raise ValueError(f"mount '{text}': unknown key '{k}'{_nearest(k, MOUNT_KEYS)} "
+                             f"(keys: type, source, target, readonly, idmap, U, relabel)")
+        canon = {"src": "source", "destination": "target", "dst": "target", "ro": "readonly", "chown": "U"}.get(k, k)
+        if canon in kv:
+            raise ValueError(f"mount '{text}': '{canon}' given twice")
+        kv[canon] = v if eq else None
+    typ = kv.get("type") or "volume"  # docker's default
+    if typ not in ("bind", "volume"):
+        raise ValueError(f"mount '{text}': type={typ} is not supported (bind or volume)")
+    src, dst = kv.get("source") or "", kv.get("target") or ""
+    if not dst:
+        raise ValueError(f"mount '{text}': target= is required")
+    if typ == "bind" and not src.startswith("/"):
+        raise ValueError(f"mount '{text}': type=bind needs an absolute source path")
+    if typ == "volume" and src.startswith("/"):
+        raise ValueError(f"mount '{text}': type=volume needs a volume name, not a path (use type=bind)")
+    readonly = _truth(text, "readonly", kv["readonly"]) if "readonly" in kv else default_ro
+    idmap = _truth(text, "idmap", kv["idmap"]) if "idmap" in kv else None
+    relabel = None
+    if "relabel" in kv:
+        relabel = {"shared": "z", "private": "Z"}.get(kv["relabel"] or "")
+        if relabel is None:
+            raise ValueError(f"mount '{text}': relabel must be shared or private")
+    return _bind(f"mount {text}", src, dst, readonly, idmap=idmap,
+                 chown=_truth(text, "U", kv["U"]) if "U" in kv else False, relabel=relabel)
+
+
+def parse_add_host(text: str) -> tuple[str, str]:
+    """--add-host NAME:IP (docker's spelling; NAME=IP too). The IP may be IPv6."""
+    import ipaddress
+    sep = "=" if "=" in text else ":"
+    name, _, ip = text.partition(sep)
+    if not _HOSTNAME_FQDN.match(name):
+        raise ValueError(f"add-host '{text}': '{name}' is not a host name")
+    try:
+        return name, str(ipaddress.ip_address(ip.strip("[]")))
+    except ValueError:
+        raise ValueError(f"add-host '{text}' must be NAME:IP ('{ip}' is not an IP address)") from None
+
+
+def parse_dns(text: str) -> str:
+    import ipaddress
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"dns '{text}' is not an IP address") from None
 
 
 def parse_port(text: str) -> Port:
@@ -253,19 +362,13 @@ def _flag_error(flag: str, msg: str) -> SpecError:
     return SpecError(msg, where=flag)
 
 
-def _nearest(word: str, choices) -> str:
-    import difflib
-    near = difflib.get_close_matches(word, list(choices), 1)
-    return f" (did you mean '{near[0]}'?)" if near else ""
-
-
 # Every flag resolve() reads, by the CLI's dest names (sandbox.cmd_run.OPTIONS, less the run options of
 # spec.RUN_OPTION_FLAGS, which cmd_run takes out first): anything else is a typo, and a silently dropped
 # `memroy=` would be a sandbox without its memory cap.
 FLAGS = frozenset({
     "user", "cap_add", "cap_drop", "security_opt", "memory", "memory_swap", "cpus", "cpu_shares", "cpuset_cpus",
-    "cpuset_mems", "pids_limit", "ulimit", "network", "publish", "env", "env_file", "volume", "workdir",
-    "hostname", "read_only", "rootfs", "timeout", "entrypoint", "image",
+    "cpuset_mems", "pids_limit", "ulimit", "network", "publish", "add_host", "dns", "env", "env_file", "volume",
+    "mount", "workdir", "hostname", "read_only", "rootfs", "timeout", "entrypoint", "image",
     "hostname_default",  # the CLI's --name, the hostname when none is given (the name itself is a run option)
 })
 
@@ -361,6 +464,15 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
             binds.append(parse_bind(b, default_ro))
         except ValueError as e:
             raise _flag_error("-v", str(e)) from None
+    for b in flags.get("mount") or ():
+        try:
+            binds.append(parse_mount(b, default_ro))
+        except ValueError as e:
+            raise _flag_error("--mount", str(e)) from None
+    targets = [b.target for b in binds]
+    for t in targets:
+        if targets.count(t) > 1:
+            raise _flag_error("-v", f"two binds target {t}")
     read_only = bool(fsd.get("read_only", True)) or bool(flags.get("read_only"))
     rootfs = flags.get("rootfs") or fsd.get("rootfs")
     try:
@@ -390,6 +502,21 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
             raise _flag_error("-p", str(e)) from None
     if ports and network != "bridge":
         raise _flag_error("-p", f"publishing ports needs --network bridge (this sandbox's network is '{network}')")
+    add_hosts = []
+    for h in flags.get("add_host") or ():
+        try:
+            add_hosts.append(parse_add_host(h))
+        except ValueError as e:
+            raise _flag_error("--add-host", str(e)) from None
+    dns = []
+    for d in flags.get("dns") or ():
+        try:
+            dns.append(parse_dns(d))
+        except ValueError as e:
+            raise _flag_error("--dns", str(e)) from None
+    if dns and network != "bridge":
+        raise _flag_error("--dns", f"a DNS server is reachable only with --network bridge (this sandbox's network "
+                                   f"is '{network}')")
 
     capd = g("capabilities", {}) or {}
     keep = {cap_name(c) for c in capd.get("keep", []) or []}
@@ -536,6 +663,8 @@ def resolve(argv, profile: str = "strict", **flags) -> Spec:
         network=network,
         ports=tuple(ports),
         egress=bool(g("egress", False)),
+        add_hosts=tuple(add_hosts),
+        dns=tuple(dns),
         security=sec,
         resources=res,
         rlimits=tuple(rl[k] for k in sorted(rl)),

@@ -12,7 +12,10 @@ close-on-exec: no workload ever holds one.
      │                         │ fork ───────────────▶│
      │◀──────── INIT(pid) ─────│ exit                 │ waits
      │ write uid/gid maps (and attach the veth)       │
-     │ ─────────── MAPS_WRITTEN ─────────────────────▶│ open sources, become root, hostname
+     │ ─────────── MAPS_WRITTEN ─────────────────────▶│ open sources (clone the -v trees)
+     │◀──────── IDMAP(tree fds) ──────────────────────│ waits (only with idmapped binds)
+     │ pidfd_getfd the trees, idmap them              │
+     │ ─────────── IDMAPPED ─────────────────────────▶│ become root, hostname
      │                                                │ fork ─────────────────────────▶│ waits on GO
      │◀─────────────────────── WORKLOAD_FORKED ───────│ mounts, pivot_root, network
      │ create the cgroup, put init and workload in it │
@@ -51,6 +54,7 @@ MAPS_WRITTEN = b"2"  # to init: its uid/gid maps exist; it may become root of it
 IN_CGROUP = b"3"  # to init: init and the workload are in the sandbox's cgroup; sbx adopted init
 RELEASE = b"G"  # to the parked workload (or exec'd command): verified, exec now
 EXEC_IN_CGROUP = b"1"  # to an `sbx exec` child: it is in the sandbox's cgroup
+IDMAPPED = b"I"  # to init: sbx idmapped the -v trees it sent (sandbox.volumes); it may attach them
 
 # Tokens, init <-> workload (their own pipes)
 GO = b"g"  # init -> workload: the root is built and init has the sandbox's cgroup namespace
@@ -61,9 +65,10 @@ INIT = "init"  # {"init": pid of init, host view}            from setup
 WORKLOAD_FORKED = "workload"  # {"workload": "forked"}       from init
 READY = "ready"  # {"ready": {"landlock_abi": N}}            from the workload, parked before execve
 INIT_CONFINED = "confined"  # {"confined": "init"}           from init, before sbx may release
+IDMAP = "idmap"  # {"idmap": [fd numbers in init]}            from init: its clones of -v sources, to idmap
 ERROR = "error"  # {"error": text, "code", "where", "stage"}  from any process, then exit 125
 EXEC_FAILED = "exec_error"  # {"exec_error": strerror, "code": 126|127, "argv0"}
-PROGRESS = (INIT, WORKLOAD_FORKED, READY, INIT_CONFINED)
+PROGRESS = (INIT, WORKLOAD_FORKED, READY, INIT_CONFINED, IDMAP)
 
 
 class ExecFailed(Exception):

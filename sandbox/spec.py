@@ -17,11 +17,27 @@ LEVELS = (REQUIRED, IF_AVAILABLE, OFF)
 NETWORK_MODES = ("none", "loopback", "bridge")
 
 
+BIND_KINDS = ("bind", "volume")
+RELABELS = ("z", "Z")  # SELinux: shared (s0) or private (this sandbox's categories), as podman's :z / :Z
+
+
 @record(frozen=True)
 class Bind:
+    """A -v/--mount entry. kind "bind": source is an absolute host path; "volume": a volume name
+    (sandbox.volumes keeps the data; resolved to its directory at launch, created if missing).
+
+    idmap None lets sbx decide (writable binds of a non-root owner and volumes are idmapped:
+    files the workload writes belong on the host to that owner); True is `:idmap`, False `:noidmap`.
+    chown is `:U` (the source's files are given to the owner the sandbox writes as).
+    """
+
     source: str
     target: str
     readonly: bool = True
+    kind: str = "bind"
+    idmap: bool | None = None
+    chown: bool = False
+    relabel: str | None = None
 
 
 @record(frozen=True)
@@ -130,6 +146,8 @@ class Spec:
     network: str = "loopback"
     ports: tuple[Port, ...] = ()
     egress: bool = False
+    add_hosts: tuple[tuple[str, str], ...] = ()  # --add-host NAME:IP, in the sandbox's /etc/hosts
+    dns: tuple[str, ...] = ()  # --dns IP: resolv.conf nameservers (bridge only)
     security: Security = field(default_factory=Security)
     resources: Resources = field(default_factory=Resources)
     rlimits: tuple[Rlimit, ...] = ()
@@ -249,4 +267,6 @@ def spec_from_dict(d: dict) -> Spec:
             img[k] = tuple(img[k]) if img.get(k) is not None else None
         img["labels"] = tuple(tuple(p) for p in img.get("labels", ()))
         out["image"] = Image(**img)
+    out["add_hosts"] = tuple(tuple(p) for p in d.get("add_hosts", ()))
+    out["dns"] = tuple(d.get("dns", ()))
     return Spec(**out)

@@ -43,6 +43,7 @@ OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
+AT_SYMLINK_NOFOLLOW = 0x100
 
 # openat2 resolve flags
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -64,9 +65,11 @@ PR_CAPBSET_DROP = 24
 # x86_64 syscall numbers (generic numbers for the newer calls are the same on all arches).
 _NR = {
     "x86_64": {"pivot_root": 155, "setns": 308, "unshare": 272, "open_tree": 428, "move_mount": 429,
-               "openat2": 437, "mount_setattr": 442, "capset": 126, "capget": 125, "close_range": 436},
+               "openat2": 437, "mount_setattr": 442, "capset": 126, "capget": 125, "close_range": 436,
+               "pidfd_getfd": 438},
     "aarch64": {"pivot_root": 41, "setns": 268, "unshare": 97, "open_tree": 428, "move_mount": 429,
-                "openat2": 437, "mount_setattr": 442, "capset": 91, "capget": 90, "close_range": 436},
+                "openat2": 437, "mount_setattr": 442, "capset": 91, "capget": 90, "close_range": 436,
+                "pidfd_getfd": 438},
 }
 
 _libc = None
@@ -179,10 +182,19 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, userns_fd: int = 0) -> None:
-    attr = _MountAttr(attr_set, attr_clr, 0, userns_fd)
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, userns_fd: int = 0,
+                  propagation: int = 0) -> None:
+    """mount_setattr(2). With MOUNT_ATTR_IDMAP in attr_set, userns_fd gives the idmapping; propagation
+    (MS_PRIVATE, ...) changes the mounts' propagation type, 0 leaves it."""
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
     _check(libc().syscall(ctypes.c_long(_nr("mount_setattr")), ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags),
                           ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr", path)
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """A copy of another process's fd (pidfd_getfd(2), close-on-exec); needs ptrace access to it."""
+    return _check(libc().syscall(ctypes.c_long(_nr("pidfd_getfd")), ctypes.c_int(pidfd), ctypes.c_int(targetfd),
+                                 ctypes.c_uint(0)), "pidfd_getfd")
 
 
 def open_tree(dirfd: int, path: str, flags: int) -> int:

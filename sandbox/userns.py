@@ -7,6 +7,10 @@ live sandboxes never share a host uid. The range comes from the `sbx` entry in
 /etc/subuid and /etc/subgid if there is one, else the documented default
 DEFAULT_BASE (1_000_000_000) with DEFAULT_SLOTS slices.
 
+The pool's last slice is never handed to a sandbox: its first id owns the data
+of named volumes (volume_owner()), so no sandbox's own ids can touch volume
+files except through the idmapped mount sbx gives it (sandbox.volumes).
+
 Rootless invoker: a single-id map, the sandbox uid/gid -> the invoker's own ids
 (setgroups denied, as the kernel requires for an unprivileged gid_map).
 """
@@ -88,6 +92,57 @@ def pool() -> tuple[int, int]:
     return DEFAULT_BASE, DEFAULT_SLOTS
 
 
+def volume_owner() -> tuple[int, int] | None:
+    """(uid, gid) that owns named volumes' data for a root invoker: the first id of the pool's
+    last slice, which no sandbox gets. None when the pool has a single slice (nothing to spare)."""
+    base, nslots = pool()
+    if nslots < 2:
+        return None
+    vid = base + (nslots - 1) * SLICE
+    return vid, vid
+
+
+def mapping_userns(uid_map: list[tuple[int, int, int]], gid_map: list[tuple[int, int, int]]) -> int:
+    """An fd of a new user namespace with exactly these maps, for MOUNT_ATTR_IDMAP.
+
+    No process is left in it: a forked child unshares it and waits on a pipe while
+    we write its maps (host root may map any ids) and open /proc/CHILD/ns/user,
+    then exits. The fd keeps the namespace alive as long as a mount uses it.
+    """
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    done_r, done_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            from . import syscalls as sc
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(ready_w, b"u")
+            os.read(done_r, 1)  # EOF: the parent has what it needs (or died)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"u":
+            raise SbxError("cannot create a user namespace for an idmapped mount")
+        fake = IdPlan(uid_map, gid_map, False, False)
+        write_maps(pid, fake)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+
+
 def _claim_slot(nslots: int) -> tuple[int, int]:
     d = paths.ensure_private_dir(os.path.join(paths.ensure_private_dir(paths.state_dir()), "idslots"))
     start = int.from_bytes(os.urandom(4), "little") % nslots  # spread concurrent claimers
@@ -105,7 +160,7 @@ def _claim_slot(nslots: int) -> tuple[int, int]:
 def plan(spec: Spec) -> IdPlan:
     if os.geteuid() == 0:
         base, nslots = pool()
-        slot, fd = _claim_slot(nslots)
+        slot, fd = _claim_slot(max(1, nslots - 1))  # the last slice is the volumes' (volume_owner)
         start = base + slot * SLICE
         if start == 0:
             raise SbxError("id pool starts at host uid 0: fix the 'sbx' entry in /etc/subuid")

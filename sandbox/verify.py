@@ -81,6 +81,10 @@ def check(spec: Spec, f: ProcFacts, *, uid_map=(), gid_map=(), cgroup=None) -> V
     found = posture.differences(want, got, v.checked) + planned_mounts(spec).differences(got.mounts, f.pid, v.checked)
     v.problems.extend(f"{name}: {problem}" for name, problem in found)
     if cgroup is not None:
+        # Its own cgroup, read-only, where runtimes look for their limits (mounts.cgroup_namespace).
+        view = [m for m in f.mounts if m.mountpoint == "/sys/fs/cgroup" or m.mountpoint.startswith("/sys/fs/cgroup/")]
+        v.need("read-only /sys/fs/cgroup", (bool(view) or not cgroup.paths) and all(m.readonly for m in view),
+               "not mounted" if not view else "writable: " + ", ".join(m.mountpoint for m in view if not m.readonly))
         v.need("cgroup membership", cgroup.contains(f.pid), "workload is not in its cgroup")
         for p in cgroup.verify(spec.resources):
             v.problems.append(f"cgroup: {p}")

@@ -22,6 +22,7 @@ PROC_HANDLES = {
     "sandbox/doctor.py": "writes a probe child's own id maps",
     "sandbox/copyfiles.py": "reopens its own O_PATH fds through /proc/self/fd (nothing swapped between check and open)",
     "sandbox/stdio.py": "reopens its own sealed memfd read-only (the API's input) through /proc/self/fd",
+    "sandbox/volumes.py": "reopens an O_PATH fd it holds (a -v source to walk for :U or :z) through /proc/self/fd",
 }
 CALLS = {"open", "listdir", "readlink", "stat", "lstat", "scandir", "walk"}
 

@@ -68,7 +68,7 @@ def test_extends_merges_and_overrides(tmp_path):
     (("--security-opt", "bogus=1"), "unknown option"),
     (("--memory", "lots"), "not a size"),
     (("--network", "host"), "must be one of"),
-    (("-v", "relative:/x"), "absolute"),
+    (("-v", "./relative:/x"), "absolute"),
     (("-v", "/tmp:/proc/x"), "cannot bind over"),
     (("-p", "8080:80"), "needs --network bridge"),
     (("--ulimit", "nofiles=1"), "unknown ulimit"),

@@ -4,7 +4,8 @@ AppArmor active + pure cgroup v2. One boot runs every check and prints tagged se
 Proves: the strict workload execs under sbx-default (attr/current), AppArmor denies
 what no other layer would (writing the process's own /proc/self/mem), a profile
 that *requires* an AppArmor profile that is not loaded is refused, and the cgroup
-v2 backend enforces memory (OOM -> 137 + message), pids and cpuset through sbx.
+v2 backend enforces memory (OOM -> 137 + message), pids and cpuset through sbx, and a
+JVM-style reader finds those limits in the sandbox's own read-only /sys/fs/cgroup.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ PY = os.path.join(REPO, ".venv", "bin", "python")
 if not os.path.exists(PY):
     PY = sys.executable
 SBX = f"{PY} -m sandbox"
+
+from tests.test_cgroup_view import READER as CGROUP_READER  # noqa: E402 - the JVM-style limits reader
 
 MEM_PROBE = ('import errno\ntry:\n    open("/proc/self/mem", "wb")\n    print("opened")\n'
              'except OSError as e:\n    print(errno.errorcode[e.errno])\n')
@@ -50,6 +53,8 @@ sec cgroup; {SBX} run --profile strict --memory 64m --memory-swap 64m --pids-lim
 sec oom; {SBX} run --profile strict --memory 48m --memory-swap 48m -- /usr/bin/python3 -S -c "b = bytearray(300 << 20); print('survived')" 2>&1; echo "rc=$?"
 sec pids; {SBX} run --profile strict --pids-limit 8 -- /usr/bin/python3 -S -c '{PIDS_PROBE}' 2>&1
 sec cpuset; {SBX} run --profile strict --cpuset-cpus 1 -- grep Cpus_allowed_list /proc/self/status 2>&1
+sec jvm; {SBX} run --profile strict --memory 80m --memory-swap 80m --cpus 0.5 --pids-limit 33 -- /usr/bin/python3 -S -c '{CGROUP_READER}' 2>&1
+sec cgview; {SBX} run --profile strict -- /bin/sh -c 'grep " /sys/fs/cgroup" /proc/self/mountinfo; ls /sys/fs/cgroup | grep -c -E "^[0-9a-f]{{64}}$"; touch /sys/fs/cgroup/x 2>&1' 2>&1
 sec leftover; ls /sys/fs/cgroup/sbx 2>/dev/null | grep -c -E '^[0-9a-f]{{64}}$'
 """
 
@@ -127,6 +132,22 @@ def test_cgroup_v2_pids_limit(boot):
 
 def test_cgroup_v2_cpuset(boot):
     assert boot["cpuset"].split()[-1] == "1", boot["cpuset"]
+
+
+def test_a_jvm_style_reader_sees_its_limits_on_cgroup_v2(boot):
+    import json
+    out = json.loads(boot["jvm"].splitlines()[-1])
+    assert out["mounts"] == ["unified"] and out["paths"] == {"unified": "/"}, out
+    assert (out["memory"], out["cpu"], out["pids"]) == (str(80 << 20), "50000 100000", "33"), out
+
+
+def test_cgroup_v2_view_is_its_own_read_only_cgroup(boot):
+    lines = boot["cgview"].splitlines()
+    mount = [l for l in lines if " /sys/fs/cgroup " in l]
+    assert len(mount) == 1 and mount[0].split()[3] == "/" and mount[0].split()[5].startswith("ro,"), lines
+    assert " - cgroup2 " in mount[0]
+    assert lines[1] == "0"  # no sibling sandbox cgroups in view
+    assert "Read-only file system" in lines[2], lines
 
 
 def test_no_sandbox_cgroup_left(boot):
