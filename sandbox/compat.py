@@ -12,7 +12,7 @@ from __future__ import annotations
 PLANNED = "planned for sbx; see the README, Coming from Docker"
 DOCKER_FLAGS: dict[str, str] = {
     **{f: PLANNED for f in (
-        "--tty", "-t", "--interactive", "-i", "-it", "-ti", "--tmpfs", "--mount", "--device", "--sysctl",
+        "--tty", "-t", "--interactive", "-i", "-it", "-ti", "--tmpfs", "--device", "--sysctl",
         "--privileged", "--restart", "--stop-signal", "--stop-timeout", "--label", "-l", "--label-file",
         "--publish-all", "-P", "--init", "--attach", "-a", "--detach-keys")},
     "--gpus": "not supported: sbx gives a sandbox no devices beyond its minimal /dev",
@@ -21,8 +21,6 @@ DOCKER_FLAGS: dict[str, str] = {
     "--uts": "not supported: every sandbox has its own uts namespace",
     "--userns": "not supported: every sandbox has its own user namespace, with no id mapped to host root",
     "--cgroupns": "not supported: every sandbox has its own cgroup namespace",
-    "--dns": "not supported yet: a sandbox's /etc/resolv.conf is the host's (host view) or the rootfs's",
-    "--add-host": "not supported yet: /etc/hosts is generated",
     "--link": "not supported: docker's legacy links; use --network bridge and addresses",
     "--volumes-from": "not supported: name the binds with -v",
     "--entrypoint": "not supported yet: give the full command after --",

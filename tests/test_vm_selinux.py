@@ -10,7 +10,8 @@ semodule into a scratch copy of the host's store, then loaded as `semodule -i` w
 sandboxes cannot read each other's files (a tmpfs the test labels); a read that every other layer
 allows is denied by SELinux alone and logged as an AVC; an unknown label or level refuses 125 before
 the workload runs; the CIL that `sbx policy compile` makes from `restricted` confines a workload;
-`sbx audit` reports the labels of a labelled sandbox and of an unconfined process tree; and sbx's
+`sbx audit` reports the labels of a labelled sandbox and of an unconfined process tree; `-v ...:z`
+and `:Z` relabel a bind (sbx_file_t, shared or with the sandbox's categories); and sbx's
 launch itself hits no denial (every AVC of the boot is one the test provoked).
 """
 from __future__ import annotations
@@ -72,6 +73,15 @@ sec mcs_same; $SBX run --security-opt label=level:$(stat -c %C $T/mcs/a | cut -d
 sec mcs_host; cat $T/mcs/a
 sec secret; $SBX run -v $T/secret:/data -- sh -c 'cat /data/key; echo "rc=$?"' 2>&1
 sec secret_nolabel; $SBX run --security-opt label=disable -v $T/secret:/data -- sh -c 'cat /proc/self/attr/current; echo; cat /data/key; echo "rc=$?"' 2>&1
+mkdir -p $T/rl $T/rlZ
+mount -t tmpfs -o mode=1777 tmpfs $T/rl && chcon -t var_t $T/rl
+mount -t tmpfs -o mode=1777 tmpfs $T/rlZ && chcon -t var_t $T/rlZ
+sec rl_before; $SBX run -v $T/rl:/d:rw -- sh -c 'echo x > /d/f; echo "rc=$?"' 2>&1
+sec rl_z; $SBX run -v $T/rl:/d:rw,z -- sh -c 'echo z > /d/f; cat /d/f; echo "rc=$?"' 2>&1
+sec rl_zlabel; stat -c %C $T/rl
+sec rl_Z; $SBX run -v $T/rlZ:/d:rw,Z -- sh -c 'cat /proc/self/attr/current; echo; echo Z > /d/g; echo "rc=$?"' 2>&1
+sec rl_Zlabel; stat -c %C $T/rlZ
+sec rl_Z_other; $SBX run -v $T/rlZ:/d -- sh -c 'cat /d/g; echo "rc=$?"' 2>&1
 sec nosuch; $SBX run --security-opt label=type:nosuch_t -v $T/mark:/mark:rw -- sh -c 'echo ran > /mark/nosuch' 2>&1; echo "rc=$?"
 sec badlevel; $SBX run --security-opt label=level:s0:c1,c5000 -v $T/mark:/mark:rw -- sh -c 'echo ran > /mark/badlevel' 2>&1; echo "rc=$?"
 sec mark; ls -A $T/mark; echo "n=$(ls -A $T/mark | wc -l)"
@@ -261,6 +271,21 @@ def test_audit_reports_the_label_of_a_sandbox_and_of_an_unconfined_tree(boot):
     assert rc in (0, 1, 2)
 
 
+def test_z_relabels_a_bind_so_that_sbx_t_may_write_it(boot):
+    # var_t: no sandbox domain may write it (DAC would: mode 1777, and it is not idmapped: root's)
+    assert boot["rl_before"].splitlines()[-1] != "rc=0", boot["rl_before"]
+    assert boot["rl_z"].splitlines() == ["z", "rc=0"], boot["rl_z"]
+    assert boot["rl_zlabel"] == "system_u:object_r:sbx_file_t:s0", boot["rl_zlabel"]  # shared: no categories
+
+
+def test_Z_relabels_with_the_sandbox_own_categories(boot):
+    line, rc = boot["rl_Z"].splitlines()
+    assert rc == "rc=0", boot["rl_Z"]
+    level = _label(line)
+    assert boot["rl_Zlabel"] == f"system_u:object_r:sbx_file_t:{level}", boot["rl_Zlabel"]
+    assert boot["rl_Z_other"].splitlines() == ["cat: /d/g: Permission denied", "rc=1"], boot["rl_Z_other"]
+
+
 def test_sbx_launch_hits_no_denial(boot):
     """Every AVC of the boot is one of the denials provoked above: sbx's launch into sbx_t or a
     compiled domain (transition under no_new_privs, stdio, SIGCHLD, verification) needs nothing
@@ -270,6 +295,9 @@ def test_sbx_launch_hits_no_denial(boot):
         m = re.search(r"denied\s+\{ ([^}]+) \} for .* scontext=(\S+) tcontext=(\S+) tclass=(\S+)", ln)
         assert m, ln
         perms, scon, tcon, tclass = m.groups()
+        if scon.split(":")[2] == "sbx_t" and tcon.split(":")[2] == "var_t":
+            continue  # rl_before: writing a var_t directory before :z relabels it
         seen.add((perms.strip(), scon.split(":")[2], tcon.split(":")[2], tclass))
     assert seen == {("read", "sbx_t", "sbx_file_t", "file"), ("read", "sbx_t", "shadow_t", "file"),
-                    ("execute", "sbx_restricted_t", "tmpfs_t", "file")}, boot["avc"]
+                    ("execute", "sbx_restricted_t", "tmpfs_t", "file"),
+                    ("search", "sbx_t", "sbx_file_t", "dir")}, boot["avc"]  # rl_Z_other: another sandbox's :Z

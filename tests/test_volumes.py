@@ -282,6 +282,8 @@ def test_volume_commands(vol):
     (("-v", "data:/d:ro,rw"), "contradict"),
     (("-v", "./rel:/d"), "neither an absolute path nor a volume name"),
     (("-v", "data:/d:z"), "SELinux is not enabled"),
+    (("-v", "/etc:/d:z"), "refusing to relabel /etc, a system directory"),
+    (("-v", "/usr/share:/d:Z"), "refusing to relabel /usr/share"),
     (("--mount", "type=volume,src=data,target=/d,readonyl"), "unknown key 'readonyl' (did you mean 'readonly'?)"),
     (("--mount", "type=tmpfs,target=/d"), "type=tmpfs is not supported"),
     (("--mount", "type=bind,source=data,target=/d"), "absolute source path"),
