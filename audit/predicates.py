@@ -22,7 +22,8 @@ READ, WRITE = 4, 2
 # Per-container files the runtime itself generates and binds (resolv.conf, hosts, secrets volumes).
 RUNTIME_OWNED = ("/run/containers/storage/overlay-containers/", "/var/lib/containers/storage/overlay-containers/",
                  "/var/lib/docker/containers/", "/var/lib/kubelet/pods/", "/run/sbx/", "/run/libpod/",
-                 "/var/run/containers/storage/overlay-containers/", "/run/user/")
+                 "/var/run/containers/storage/overlay-containers/", "/run/user/",
+                 "/var/lib/sbx/volumes/")  # sbx's named volumes: the runtime's own data, as a PVC is
 
 
 # --- identity ------------------------------------------------------------------
@@ -165,7 +166,8 @@ def privileged_signs(s: Subject) -> list[str]:
 # --- mounts -------------------------------------------------------------------
 
 def runtime_owned(path: str) -> bool:
-    return path.startswith(RUNTIME_OWNED) or "/containers/storage/overlay-containers/" in path
+    return path.startswith(RUNTIME_OWNED) or "/containers/storage/overlay-containers/" in path \
+        or "/.local/share/sbx/volumes/" in path
 
 
 def host_binds(s: Subject):

@@ -364,3 +364,12 @@ def test_rootless_files_belong_to_the_invoker(tmp_path_factory):
     finally:
         shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_policies_treat_a_named_volume_as_data_not_a_host_path(vol, hostdir):
+    # restricted refuses read-write host paths (SBX-P042); a named volume is sbx's own data, as a PVC is.
+    p = sbx("run", "--profile", PROFILE, "--policy", "restricted", "-v", f"{vol}:/d:rw", "--", "/bin/sh", "-c",
+            "echo ok > /d/x; cat /d/x")
+    assert p.returncode == 0 and p.stdout == "ok\n", p.stderr
+    p = sbx("run", "--profile", PROFILE, "--policy", "restricted", "-v", f"{hostdir}:/d:rw", "--", "/bin/true")
+    assert p.returncode == 125 and "SBX-P042" in p.stderr, p.stderr
