@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sandbox  # noqa: E402
+import sandbox
 
 N = 100
 MEMORY = "64m"
@@ -65,8 +65,9 @@ def main() -> int:
     else:
         for r in results:
             mark = "ok " if r["ok"] else "BAD"
-            print(f"{mark} #{r['i']:3d} expect {r['expect']:7s} got {r['outcome']:7s} exit {r.get('exit_code', '-')!s:>3}"
-                  f" {r.get('seconds', 0):6.2f}s {r.get('stdout', r.get('error', ''))}")
+            print(f"{mark} #{r['i']:3d} expect {r['expect']:7s} got {r['outcome']:7s} "
+                  f"exit {r.get('exit_code', '-')!s:>3} {r.get('seconds', 0):6.2f}s "
+                  f"{r.get('stdout', r.get('error', ''))}")
         bad = sum(not r["ok"] for r in results)
         print(f"{N} snippets, {a.workers} workers, {wall:.1f} s, {bad} unexpected")
     return 0 if all(r["ok"] for r in results) else 1

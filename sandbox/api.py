@@ -17,19 +17,20 @@ Sandboxes are independent: run() may be called from several threads at once
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing costs ~10 ms to import; annotations are strings
-if TYPE_CHECKING:
-    from typing import IO, Any, Sequence
-
-    from .launch import Result
-    from .spec import Spec
-
 from _thread import _local
 
 from .stdio import DEVNULL, PIPE, STDOUT
 
-__all__ = ["run", "run_async", "resolve", "PIPE", "STDOUT", "DEVNULL", "OPTIONS", "DEFAULT_MAX_OUTPUT",
-           "ExitError"]
+TYPE_CHECKING = False  # typing costs ~10 ms to import; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import IO, Any
+
+    from .launch import Result
+    from .spec import Spec
+
+# (OPTIONS, the accepted option names, is computed on access: module __getattr__ below.)
+__all__ = ["run", "run_async", "resolve", "PIPE", "STDOUT", "DEVNULL", "DEFAULT_MAX_OUTPUT", "ExitError"]
 
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024  # per captured stream; the rest is read and dropped
 
@@ -188,7 +189,8 @@ def run(cmd: Sequence[str] | str | Spec, *, profile: str = "strict", input: byte
     if max_output is not None and max_output < 0:
         raise ValueError("max_output must be >= 0 or None")
 
-    from . import launch, stdio as _stdio
+    from . import launch
+    from . import stdio as _stdio
     made: list = []
 
     def relay():

@@ -65,7 +65,7 @@ def ls_cmd(quiet: bool, fmt: str) -> int:
     rows += [("local", escape(v.name), "yes" if volumes.in_use(v) else "") for v in vols]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 

@@ -800,7 +800,7 @@ def writable_places(spec: Spec) -> list[dict]:
     """Where the workload can write and how much (for --explain): sbx's own places are capped tmpfs;
     binds and volumes are host storage sbx does not cap (the host filesystem's quotas apply)."""
     fs = spec.filesystem
-    out = [{"path": "/tmp", "kind": "tmpfs", "cap_bytes": fs.tmp_size},
+    out: list[dict] = [{"path": "/tmp", "kind": "tmpfs", "cap_bytes": fs.tmp_size},
            {"path": "/dev/shm", "kind": "tmpfs", "cap_bytes": fs.shm_size},
            {"path": "/dev/mqueue", "kind": "mqueue", "cap_bytes": None,
             "note": "POSIX message queues: bounded by the msgqueue rlimit and the kernel's queue limits"}]

@@ -808,7 +808,8 @@ def _write_hosts(d: str, allocs: dict[str, _Alloc]) -> None:
 
 def _hosts_tree(hosts_dir: str) -> int:
     """A private, read-only detached clone of the sandbox's hosts directory, for its init to attach."""
-    from . import mounts, syscalls as sc
+    from . import mounts
+    from . import syscalls as sc
     fd = os.open(hosts_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         return mounts.clone_tree(fd, recursive=False, attrs=mounts.RO_ATTRS | sc.MOUNT_ATTR_NOEXEC,

@@ -203,7 +203,7 @@ def in_use(vol: Volume) -> bool:
 def used_by(name: str, *, running_only: bool = False) -> list[str]:
     """Saved (detached) sandboxes whose spec mounts the volume: 12-char ids or names."""
     from . import state
-    out = []
+    out: list[str] = []
     try:
         entries = state.entries()
     except (SbxError, OSError):
@@ -276,7 +276,7 @@ def _rm_entry(pfd: int, name: str, dev: int) -> None:
         return
     if st.st_dev != dev:
         raise SbxError(f"refusing to remove {name}: another filesystem is mounted there")
-    stack = [(pfd, name, None)]
+    stack: list[tuple[int, str, int | None]] = [(pfd, name, None)]
     # Depth-first with an explicit stack: a sandbox can nest directories deeper than Python recurses.
     while stack:
         dfd_parent, dname, fd = stack[-1]
@@ -352,13 +352,14 @@ class DataPlan:
 
     def idmap_init_trees(self, init_pid: int, fds) -> None:
         """Idmap init's clones of the -v sources (fd numbers in init), while init waits for token I."""
-        from . import mounts, syscalls as sc
+        from . import mounts
+        from . import syscalls as sc
         if not isinstance(fds, list) or len(fds) != len(self.idmap_in_init) or \
                 not all(isinstance(f, int) and f >= 0 for f in fds):
             raise SbxError("the sandbox sent a malformed list of bind trees")
         pfd = os.pidfd_open(init_pid)
         try:
-            for i, tfd in zip(self.idmap_in_init, fds):
+            for i, tfd in zip(self.idmap_in_init, fds, strict=True):
                 tree = sc.pidfd_getfd(pfd, tfd)
                 try:
                     mounts.idmap_tree(tree, self._ns(self.owners[i]), recursive=True)
@@ -380,7 +381,7 @@ class DataPlan:
 
     def describe(self) -> list[dict]:
         return [{"source": hp.path, "owner": None if o is None else {"uid": o[0], "gid": o[1]}}
-                for hp, o in zip(self.sources, self.owners)]
+                for hp, o in zip(self.sources, self.owners, strict=True)]
 
     def release(self) -> None:
         for fd in list(self.userns.values()) + [t[0] for t in self.premade.values()] + self.locks:
@@ -496,7 +497,8 @@ def _source_owner(hp) -> tuple[int, int]:
 
 def _volume_tree(dp: DataPlan, i: int, hp, b) -> int:
     """A private, idmapped, detached clone of a volume's _data (no submounts: sbx made the directory)."""
-    from . import mounts, syscalls as sc
+    from . import mounts
+    from . import syscalls as sc
     from .hostpath import reopen
     fd = reopen(hp, what="-v")
     try:

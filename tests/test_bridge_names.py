@@ -14,8 +14,7 @@ import sys
 import pytest
 
 from tests.sbxrun import sbx
-from tests.test_network import (CLEAN, _env, _finish, _free_port, _gw, _line, _profile, _spawn,  # noqa: F401
-                                _wait_clean)
+from tests.test_network import CLEAN, _env, _finish, _free_port, _gw, _line, _profile, _wait_clean
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root (CAP_NET_ADMIN on the host)")
 
@@ -94,7 +93,8 @@ def test_inspect_reports_address_gateway_mac_and_ports(tmp_path):
     ip = net["address"].split("/")[0]
     assert net["gateway"] == _gw() and net["mac"] == netbridge.mac_for(__import__("ipaddress").IPv4Address(ip))
     assert name in net["names"] and net["host_services"] == "unreachable"
-    assert [pt["host"] for pt in net["ports"]] == [f"127.0.0.1:{port}/tcp"] and net["ports"][0]["container"] == f"{ip}:8080/tcp"
+    assert [pt["host"] for pt in net["ports"]] == [f"127.0.0.1:{port}/tcp"]
+    assert net["ports"][0]["container"] == f"{ip}:8080/tcp"
     assert _wait_clean() == CLEAN
 
 
@@ -119,10 +119,10 @@ def test_resolv_conf_for_egress_profiles_and_dns(tmp_path):
     servers, _, _, _ = netbridge._host_resolv()
     p = sbx("run", "--profile", egress, "--", "/bin/cat", "/etc/resolv.conf")
     assert p.returncode == 0, p.stderr
-    got = [l.split()[1] for l in p.stdout.splitlines() if l.startswith("nameserver")]
+    got = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("nameserver")]
     assert got == servers and all(not s.startswith("127.") for s in got), (p.stdout, servers)
     p = sbx("run", "--profile", egress, "--dns", "192.0.2.53", "--", "/bin/cat", "/etc/resolv.conf")
-    assert [l for l in p.stdout.splitlines() if l.startswith("nameserver")] == ["nameserver 192.0.2.53"], p.stdout
+    assert [ln for ln in p.stdout.splitlines() if ln.startswith("nameserver")] == ["nameserver 192.0.2.53"], p.stdout
     p = sbx("run", "--profile", bridge, "--", "/bin/sh", "-c", "test -e /etc/resolv.conf; echo $?")
     assert p.stdout.strip() == "1", p.stdout  # no egress, no --dns: nothing to resolve with
     p = sbx("run", "--dns", "192.0.2.53", "--", "/bin/true")

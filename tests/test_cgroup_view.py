@@ -87,12 +87,12 @@ def test_only_its_own_cgroup_is_visible_and_nothing_can_be_written():
     p = sbx("run", "--profile", PROFILE, "--", "/usr/bin/python3", "-S", "-c", sid_probe)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    top = eval(lines[0])  # noqa: S307 - our own probe's repr of a list of names
+    top = eval(lines[0])
     assert "memory" in top and "pids" in top and "unified" not in top  # only hierarchies it has a cgroup in
-    assert eval(lines[1]) == []  # noqa: S307 - no child cgroups, no siblings: its own cgroup is the root
+    assert eval(lines[1]) == []
     assert lines[2] == "/sys/fs/cgroup"
     assert lines[3:6] == ["EROFS", "EROFS", "EROFS"], lines
-    mounts = [l.split() for l in lines[6:]]
+    mounts = [ln.split() for ln in lines[6:]]
     assert mounts and all(root == "/" and opt == "ro" for root, _mp, opt in mounts), mounts
 
 

@@ -306,7 +306,8 @@ def test_mount_flag_makes_the_same_bind_as_v(vol):
     binds = json.loads(p.stdout)["filesystem"]["binds"]
     # -v entries first, then --mount ones (each in the order given)
     assert [(b["kind"], b["source"], b["target"], b["readonly"], b["idmap"]) for b in binds] == [
-        ("volume", vol, "/e", False, None), ("volume", vol, "/d", True, None), ("bind", "/usr/share", "/s", True, False)]
+        ("volume", vol, "/e", False, None), ("volume", vol, "/d", True, None),
+        ("bind", "/usr/share", "/s", True, False)]
     p = sbx("run", "--profile", PROFILE, "-v", f"{vol}:/e:noidmap", "--", "true")
     assert p.returncode == 125 and "always idmapped" in p.stderr, p.stderr
 
