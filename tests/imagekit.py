@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from tests.sbxrun import read_bytes
 
 USER, PASSWORD = "sbxuser", "s3cret-Pa55"
 BUSYBOX = "/bin/busybox"
@@ -272,7 +273,7 @@ def oci_layout(path: str, layers: list[bytes], *, tag: str = "t", config: dict |
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
     if tamper_layer is not None:
         p = os.path.join(blobs, descs[tamper_layer]["digest"].split(":")[1])
-        b = bytearray(open(p, "rb").read())
+        b = bytearray(read_bytes(p))
         b[len(b) // 2] ^= 0xFF
         with open(p, "wb") as f:
             f.write(b)

@@ -48,3 +48,24 @@ def status_field(text: str, key: str) -> str:
         if line.startswith(key + ":"):
             return line.split(":", 1)[1].strip()
     raise AssertionError(f"{key} not in status output:\n{text}")
+
+
+def read_text(path) -> str:
+    """A file's text, closed at once (the suite turns every ResourceWarning into an error)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def read_bytes(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def close_pipes(p) -> None:
+    """Close a Popen's pipes once the process is reaped (the suite errors on unclosed files)."""
+    for s in (p.stdin, p.stdout, p.stderr):
+        if s is not None:
+            try:
+                s.close()
+            except OSError:
+                pass

@@ -85,7 +85,7 @@ def test_failed_start_leaves_no_child_and_no_subreaper():
     """A start that fails after the fork (here: the kernel refuses a cpuset) reaps everything it
     made and stops being a child subreaper, so an API caller is left as it was."""
     def attempt() -> dict:
-        from sandbox import launch, syscalls as sc
+        from sandbox import syscalls as sc
         spec = resolve(["/bin/true"], profile=PROFILE, cpuset_cpus="1023")  # valid syntax, no such CPU
         try:
             run(spec)

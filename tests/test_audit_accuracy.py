@@ -23,7 +23,7 @@ import zoo as Z
 from sandbox.audit import checks as C
 from sandbox.audit.scan import audit
 from sandbox import facts
-from tests.sbxrun import sbx
+from tests.sbxrun import read_bytes, sbx
 
 HIGH = C.SEVERITY_RANK["high"]
 CRIT = C.SEVERITY_RANK["critical"]
@@ -469,7 +469,7 @@ def _padded(n: int):
 def test_mount_table_over_4_mib_is_read_to_the_end():
     p, top = _padded(200)
     try:
-        raw = open(f"/proc/{p.pid}/mountinfo", "rb").read()
+        raw = read_bytes(f"/proc/{p.pid}/mountinfo")
         assert len(raw) > 4 * 1024 * 1024
         assert raw.rstrip().endswith(b"zz-etc" + raw.rstrip().rsplit(b"zz-etc", 1)[1])  # the bind is last
         r = _one(pid=p.pid)

@@ -8,10 +8,12 @@ import time
 
 import pytest
 
+from tests.sbxrun import close_pipes
+
 from sandbox.audit import checks as C
 from sandbox.audit.scan import audit
 from sandbox.audit.subject import subject_from_spec
-from sandbox.spec import Bind, Resources, Security, Spec
+from sandbox.spec import Bind, Security, Spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIGH = C.SEVERITY_RANK["high"]
@@ -81,6 +83,7 @@ def test_spec_and_live_sandbox_give_the_same_ids():
     finally:
         p.kill()  # the sbx parent; its sandbox dies with it (parent-death signal), then reaped
         p.wait(timeout=10)
+        close_pipes(p)
 
 
 def _ppid(pid) -> int | None:

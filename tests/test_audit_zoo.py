@@ -14,7 +14,7 @@ from sandbox.audit import checks as C
 from sandbox.audit.hostinfo import read_host
 from sandbox.audit.scan import audit
 from sandbox import facts
-from tests.sbxrun import sbx
+from tests.sbxrun import close_pipes, sbx
 from zoo import zoo  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.podman
@@ -213,6 +213,7 @@ def test_sshd_inside_a_namespaced_tree_and_colour():
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=10)
+        close_pipes(p)
 
 
 def test_cli_sarif_meets_code_scanning_requirements(zoo):  # noqa: F811

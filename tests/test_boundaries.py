@@ -5,7 +5,7 @@ import ast
 import glob
 import os
 
-from tests.sbxrun import ROOT
+from tests.sbxrun import ROOT, read_text
 
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "sandbox", "**", "*.py"), recursive=True)
                  + glob.glob(os.path.join(ROOT, "audit", "**", "*.py"), recursive=True))
@@ -44,7 +44,7 @@ def test_ctypes_is_imported_by_sandbox_syscalls_only():
     for path in SOURCES:
         if _rel(path) == "sandbox/syscalls.py":
             continue
-        for node in ast.walk(ast.parse(open(path).read())):
+        for node in ast.walk(ast.parse(read_text(path))):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -61,7 +61,7 @@ def test_proc_is_read_through_sandbox_facts_only():
         rel = _rel(path)
         if rel in PROC_HANDLES:
             continue
-        for node in ast.walk(ast.parse(open(path).read())):
+        for node in ast.walk(ast.parse(read_text(path))):
             if not isinstance(node, ast.Call) or not node.args:
                 continue
             fn = node.func

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from sandbox import doctor, landlock, mac
-from tests.sbxrun import ROOT
+from tests.sbxrun import ROOT, read_text
 
 
 def _doctor(*args: str, preexec=None, user: int | None = None, env: dict | None = None):
@@ -34,7 +34,7 @@ def _check(rep: dict, cid: str) -> dict:
 
 def _cgroup_fs() -> str:
     kind = None
-    for line in open("/proc/self/mountinfo"):
+    for line in read_text("/proc/self/mountinfo").splitlines():
         left, _, right = line.partition(" - ")
         if left.split()[4] == "/sys/fs/cgroup":
             kind = right.split()[0]
@@ -52,12 +52,12 @@ def test_facts_match_the_host():
         assert f["apparmor"] is False
     if not os.path.exists("/sys/fs/selinux/enforce"):
         assert f["selinux"] is False
-    assert f["seccomp"]["actions_avail"] == open("/proc/sys/kernel/seccomp/actions_avail").read().split()
+    assert f["seccomp"]["actions_avail"] == read_text("/proc/sys/kernel/seccomp/actions_avail").split()
     hard_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert f["rlimits_hard"]["nofile"] == (hard_nofile if hard_nofile != resource.RLIM_INFINITY else "unlimited")
     real_userns = subprocess.run(["unshare", "--user", "true"], capture_output=True).returncode == 0
     assert f["userns"]["create_ok"] is real_userns
-    assert f["userns"]["max_user_namespaces"] == int(open("/proc/sys/user/max_user_namespaces").read())
+    assert f["userns"]["max_user_namespaces"] == int(read_text("/proc/sys/user/max_user_namespaces"))
     assert f["kernel"] == os.uname().release
     # exit code follows the checks
     assert rep["strict_can_run"] == all(c["status"] != "fail" for c in rep["checks"])

@@ -13,7 +13,7 @@ import tarfile
 import pytest
 
 from tests.imagekit import Tar, header, need, oci_layout, sha, store_state
-from tests.sbxrun import sbx
+from tests.sbxrun import read_text, sbx
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_a_file_over_a_planted_symlink_replaces_the_link_never_its_target(box):
     p = box.pull(box.layout(layer))
     assert p.returncode == 0, p.stderr
     f = os.path.join(box.layer_root(layer), "victim")
-    assert not os.path.islink(f) and open(f).read() == "pwned\n"
+    assert not os.path.islink(f) and read_text(f) == "pwned\n"
 
 
 @pytest.mark.parametrize("how", ["absolute", "dotdot", "through-symlink", "missing"])
@@ -141,7 +141,7 @@ def test_devices_and_fifos_are_skipped_and_said(box):
     r = box.layer_root(layer)
     assert not os.path.lexists(os.path.join(r, "dev/null")) and not os.path.lexists(os.path.join(r, "dev/sda"))
     assert not os.path.lexists(os.path.join(r, "run/fifo"))
-    assert open(os.path.join(r, "etc/ok")).read() == "fine"
+    assert read_text(os.path.join(r, "etc/ok")) == "fine"
 
 
 def test_size_cap_is_named(box):
@@ -233,7 +233,7 @@ def test_whiteouts_and_opaque_dirs_hide_lower_layers_in_a_real_overlay(box, tmp_
     assert (st.st_mode & 0o170000, st.st_rdev) == (0o020000, 0)  # overlay's whiteout: a 0/0 character device
     assert os.getxattr(os.path.join(r2, "b"), "trusted.overlay.opaque") == b"y"
     assert os.getxattr(os.path.join(r2, "b"), "user.overlay.opaque") == b"y"
-    assert open(os.path.join(r2, "keep")).read() == "2"  # the same layer's own file wins over its whiteout
+    assert read_text(os.path.join(r2, "keep")) == "2"  # the same layer's own file wins over its whiteout
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
@@ -289,8 +289,8 @@ def test_zstd_and_uncompressed_layers(box):
     b = Tar().add("u", data=b"plain layer").bytes()
     assert box.pull(box.layout(a, compress="zstd")).returncode == 0
     assert box.pull(box.layout(b, compress="none")).returncode == 0
-    assert open(os.path.join(box.layer_root(a), "z")).read() == "zstd layer"
-    assert open(os.path.join(box.layer_root(b), "u")).read() == "plain layer"
+    assert read_text(os.path.join(box.layer_root(a), "z")) == "zstd layer"
+    assert read_text(os.path.join(box.layer_root(b), "u")) == "plain layer"
 
 
 def test_read_only_directories_of_an_image_unpack_and_keep_their_mode(box):
@@ -298,7 +298,7 @@ def test_read_only_directories_of_an_image_unpack_and_keep_their_mode(box):
     assert box.pull(box.layout(layer)).returncode == 0
     r = box.layer_root(layer)
     assert os.stat(os.path.join(r, "ro")).st_mode & 0o777 == 0o555
-    assert open(os.path.join(r, "ro/inside")).read() == "i"
+    assert read_text(os.path.join(r, "ro/inside")) == "i"
 
 
 @pytest.mark.parametrize("order", ["whiteout-first", "whiteout-last"])

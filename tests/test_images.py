@@ -23,7 +23,7 @@ import pytest
 
 from tests.imagekit import PASSWORD, USER, Tar, busybox_rootfs, need, oci_layout, registry, store_state  # noqa: F401
 from tests.imagekit import umoci_add_layer, umoci_image
-from tests.sbxrun import ROOT, sbx
+from tests.sbxrun import ROOT, close_pipes, read_bytes, sbx
 
 APP_PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:4242:4343:app:/home/app:/bin/sh\n"
 APP_GROUP = "root:x:0:\napp:x:4343:\nextra:x:5000:app\nother:x:5001:root\n"
@@ -186,7 +186,7 @@ def test_tampered_registry_blob_is_refused_and_nothing_stored(registry, env, tmp
                                           registry.authfile, f"docker://{registry.host}/test/tampered@{digest}"],
                                          capture_output=True, check=True).stdout)
     blob = registry.blob_data(manifest["layers"][0]["digest"])
-    data = bytearray(open(blob, "rb").read())
+    data = bytearray(read_bytes(blob))
     data[len(data) // 2] ^= 0xFF
     with open(blob, "wb") as f:
         f.write(data)
@@ -280,6 +280,7 @@ def test_a_pull_killed_with_sigkill_leaves_nothing_half_visible(env, tmp_path):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    close_pipes(proc)
     assert killed_during_unpack, "the pull finished before it could be killed"
     time.sleep(0.2)
     st = store_state(env.data)

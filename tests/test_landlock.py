@@ -21,6 +21,7 @@ from sandbox import landlock
 from sandbox.errors import SbxError
 from sandbox.landlock import Rule
 from sandbox.spec import Bind, Filesystem, Security, Spec
+from tests.sbxrun import read_text
 
 ABI = landlock.abi_version()
 needs_landlock = pytest.mark.skipif(ABI == 0, reason="kernel lacks Landlock (CONFIG_SECURITY_LANDLOCK / lsm=)")
@@ -231,7 +232,7 @@ def _e2e(level: str, script: str, env: dict | None = None, preexec=None):
             f.write(E2E_PROFILE.format(level=level))
         rec = os.path.join(d, "rec.json")
         p = sbx("run", "--profile", prof, "--record", rec, "--", "/bin/sh", "-c", script, env=env, preexec=preexec)
-        record = json.load(open(rec)) if os.path.exists(rec) else None
+        record = json.loads(read_text(rec)) if os.path.exists(rec) else None
         return p, record
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -262,7 +263,7 @@ def test_no_environment_variable_drops_landlock():
         p = sbx("run", "--profile", "strict", "--record", rec, "--", "/bin/sh", "-c", "cat /etc/hostname",
                 env={"SBX_FAKE_NO_LANDLOCK": "1"})
         assert p.returncode == 0, p.stderr
-        record = json.load(open(rec))
+        record = json.loads(read_text(rec))
         assert record["landlock_abi"] == ABI and "landlock: not available" not in record["notes"], record
     finally:
         shutil.rmtree(d, ignore_errors=True)

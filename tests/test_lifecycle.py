@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.sbxrun import PROFILE, sbx as _sbx
+from tests.sbxrun import PROFILE, close_pipes, read_bytes, read_text, sbx as _sbx
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="lifecycle tests run sandboxes as root")
 
@@ -217,6 +217,7 @@ def test_events_follow_streams_new_events(store):
     finally:
         proc.kill()
         proc.wait()
+        close_pipes(proc)
 
 
 # ---------------------------------------------------------------- pause
@@ -274,7 +275,7 @@ def test_exec_runs_under_the_same_confinement_as_the_workload(store):
     sid = run_d(store, "-e", "SEED=s1", script=LOOP)
     d = inspect(store, sid)
     wl = d["state"]["pid"]
-    wl_status = _status(open(f"/proc/{wl}/status").read())
+    wl_status = _status(read_text(f"/proc/{wl}/status"))
     p = store("exec", sid, "cat", "/proc/self/status")
     assert p.returncode == 0, p.stderr
     ex = _status(p.stdout)
@@ -293,7 +294,7 @@ def test_exec_runs_under_the_same_confinement_as_the_workload(store):
     assert os.readlink(f"/proc/{wl}/ns/pid") != os.readlink("/proc/self/ns/pid")
     # same cgroup (counted against the sandbox's pids limit)
     cg = store("exec", sid, "cat", "/proc/self/cgroup").stdout
-    assert sid in open(f"/proc/{wl}/cgroup").read() and "/" in cg
+    assert sid in read_text(f"/proc/{wl}/cgroup") and "/" in cg
     # env from the saved spec plus -e; exit code relayed; 127 for a missing command
     p = store("exec", "-e", "EXTRA=x", sid, "sh", "-c", 'echo "$SEED-$EXTRA"; exit 5')
     assert p.returncode == 5 and p.stdout.strip() == "s1-x"
@@ -341,7 +342,7 @@ def test_start_recreates_the_sandbox_with_the_same_env(store):
     assert store("restart", "-t", "2", sid2).returncode == 0
     d = inspect(store, sid2)
     assert d["state"]["status"] == "running" and d["state"]["pid"] != pid1
-    assert not alive(pid1) or open(f"/proc/{pid1}/cmdline").read() == ""
+    assert not alive(pid1) or read_text(f"/proc/{pid1}/cmdline") == ""
 
 
 def test_prefixes_names_and_ambiguity(store):
@@ -407,6 +408,7 @@ def test_killed_supervisor_leaves_nothing_after_ps_and_rm(store):
     time.sleep(0.25)
     cli.kill()
     cli.wait()
+    close_pipes(cli)
     time.sleep(1.0)
     ids = store("ps", "-aq", "--no-trunc").stdout.split()
     assert store("rm", "-f", *ids).returncode == 0 if ids else True
@@ -421,7 +423,7 @@ def test_rm_refuses_a_running_sandbox_and_rm_f_cleans_it(store):
     p = store("rm", sid)
     assert p.returncode == 125 and "rm -f" in p.stderr
     assert store("rm", "-f", sid).returncode == 0
-    assert not alive(wl) or open(f"/proc/{wl}/cmdline").read() == ""
+    assert not alive(wl) or read_text(f"/proc/{wl}/cmdline") == ""
     assert not (store.dir / "sandboxes" / sid).exists() and not _cgroup_dirs(sid)
     assert [e["action"] for e in events(store, sid)][-3:] == ["kill", "die", "destroy"]
 
@@ -448,7 +450,7 @@ def test_many_concurrent_run_d_and_rm_f_leave_nothing_behind(store):
     assert [n for n in os.listdir(store.dir / "sandboxes") if not n.startswith(".")] == []
     assert not any(_cgroup_dirs(s) for s in ids)
     time.sleep(0.2)
-    assert not [p for p in pids if alive(p) and open(f"/proc/{p}/cmdline").read()], "processes left behind"
+    assert not [p for p in pids if alive(p) and read_text(f"/proc/{p}/cmdline")], "processes left behind"
     assert not [n for n in os.listdir(store.dir / "cgroups") if n.endswith(".lock")]
 
 
@@ -473,7 +475,7 @@ def test_log_writer_rotates_at_the_cap_and_keeps_streams(tmp_path):
     assert [os.path.basename(f) for f in files] == ["sandbox.log.1", "sandbox.log"]
     assert all(os.path.getsize(f) <= 65536 + 16500 for f in files)
     assert not os.path.exists(tmp_path / "sandbox.log.2")
-    recs = [parse_log_line(x) for f in files for x in open(f, "rb").read().splitlines()]
+    recs = [parse_log_line(x) for f in files for x in read_bytes(f).splitlines()]
     assert all(r is not None for r in recs)
     tail = [r for r in recs if r[1] == "stdout"][-3:]
     assert [r[2] for r in tail] == [False, False, True] and sum(len(r[3]) for r in tail) == 40000

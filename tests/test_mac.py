@@ -25,6 +25,7 @@ from tests.forked import in_child
 from sandbox import mac
 from sandbox.errors import SbxError
 from sandbox.spec import Security
+from tests.sbxrun import read_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AA_SRC = os.path.join(ROOT, "policies", "apparmor", "sbx-default")
@@ -37,9 +38,9 @@ SE_ON = mac.selinux_enabled()
 
 def test_apparmor_state_matches_kernel():
     param = "/sys/module/apparmor/parameters/enabled"
-    kernel_says = os.path.exists(param) and open(param).read().strip() == "Y"
+    kernel_says = os.path.exists(param) and read_text(param).strip() == "Y"
     if os.path.exists("/sys/kernel/security/lsm"):
-        kernel_says = kernel_says and "apparmor" in open("/sys/kernel/security/lsm").read().split(",")
+        kernel_says = kernel_says and "apparmor" in read_text("/sys/kernel/security/lsm").split(",")
     assert AA_ON == kernel_says
 
 
@@ -145,7 +146,7 @@ def test_apparmor_profile_compiles_and_a_broken_one_does_not(tmp_path):
     parser = _aa_parser()
     p = subprocess.run([parser, "-Q", "-K", AA_SRC], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    text = open(AA_SRC).read()
+    text = read_text(AA_SRC)
     assert "profile sbx-default" in text and "deny mount" in text
     broken = tmp_path / "broken"
     broken.write_text(text.replace("deny mount,", "deny mount"))  # missing comma: a syntax error
@@ -188,7 +189,7 @@ def test_broken_cil_module_is_rejected_by_the_same_toolchain(sbx_store):
         # same module name as ours, naming a type the policy lacks
         bad = os.path.join(bad_dir, "sbx.cil")
         with open(bad, "w") as f:
-            f.write(open(CIL_SRC).read().replace("(tmpfs_t tmp_t sbx_file_t)", "(tmpfs_t nosuch_t sbx_file_t)"))
+            f.write(read_text(CIL_SRC).replace("(tmpfs_t tmp_t sbx_file_t)", "(tmpfs_t nosuch_t sbx_file_t)"))
         p = subprocess.run(["semodule", "-p", sbx_store, "-n", "-i", bad], capture_output=True, text=True,
                            timeout=120)
     finally:
@@ -220,7 +221,7 @@ def _run(aa: str, se: str, *flags: str):
         rec = os.path.join(d, "rec.json")
         p = sbx("run", "--profile", prof, "--record", rec, *flags, "--", "/bin/sh", "-c",
                 "cat /proc/self/attr/current; echo; echo done")
-        return p, (json.load(open(rec)) if os.path.exists(rec) else None)
+        return p, (json.loads(read_text(rec)) if os.path.exists(rec) else None)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

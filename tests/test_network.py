@@ -15,6 +15,7 @@ import pwd
 import select
 import signal
 import socket
+import threading
 import subprocess
 import sys
 import time

@@ -2,7 +2,6 @@
 that random YAML never produces a traceback."""
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st

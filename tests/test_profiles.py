@@ -1,7 +1,6 @@
 """Profiles and flags: bad input is one line naming file:line and the field, exit 125; never a traceback."""
 from __future__ import annotations
 
-import os
 import textwrap
 
 import pytest

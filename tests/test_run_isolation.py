@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.sbxrun import PROFILE, run_sh, sbx, status_field
+from tests.sbxrun import PROFILE, read_text, run_sh, sbx, status_field
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="these tests run sbx as root (the rootless ones are separate)")
 
@@ -310,7 +310,7 @@ def test_spec_digest_is_the_sandbox_not_the_run_options(tmp_path):
     for i, extra in enumerate((("--record", str(tmp_path / "a.json")), ("--record", str(tmp_path / "b.json")))):
         p = sbx("run", "--profile", PROFILE, *extra, "--", "/bin/true")
         assert p.returncode == 0, p.stderr
-        digests.add(json.loads(open(extra[1]).read())["spec_digest"])
+        digests.add(json.loads(read_text(extra[1]))["spec_digest"])
     assert len(digests) == 1, digests
     p = sbx("run", "--profile", PROFILE, "--explain", "--name", "x1", "--rm", "--", "/bin/true")
     out = json.loads(p.stdout)

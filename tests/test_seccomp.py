@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from sandbox import seccomp
+from tests.sbxrun import read_bytes, read_text
 from sandbox.errors import SbxError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -466,19 +466,19 @@ def test_corrupt_or_foreign_cache_entry_is_rebuilt(tmp_path):
     d = os.path.join(os.environ["SBX_CACHE_DIR"], "seccomp")
     (entry,) = os.listdir(d)
     path = os.path.join(d, entry)
-    blob = open(path, "rb").read()
+    blob = read_bytes(path)
     for bad in (b"", b"garbage", blob[:-8], blob[:-1] + bytes([blob[-1] ^ 1])):
         with open(path, "wb") as f:
             f.write(bad)
         assert seccomp.prepare("strict", frozenset()) == good
-        assert open(path, "rb").read() == blob
+        assert read_bytes(path) == blob
     os.chmod(path, 0o666)  # writable by others: not trusted, rebuilt and rewritten 0600
     assert seccomp.prepare("strict", frozenset()) == good
     assert os.stat(path).st_mode & 0o777 == 0o600
 
 
 def test_cache_key_covers_profile_caps_and_libseccomp(tmp_path):
-    data = open(seccomp.builtin_path("strict"), "rb").read()
+    data = read_bytes(seccomp.builtin_path("strict"))
     k = seccomp.cache_key(data, frozenset())
     assert k == seccomp.cache_key(data, frozenset())
     assert k != seccomp.cache_key(data + b" ", frozenset())
@@ -539,7 +539,7 @@ def test_strict_json_never_allows_the_dangerous_set():
     """Static check over every rule of strict.json (the kernel tests above cover the ones callable here)."""
     from sandbox import seccomp_bpf
     path = seccomp.builtin_path("strict")
-    prof = seccomp_bpf.parse(path, open(path, "rb").read(), seccomp_bpf.resolver())
+    prof = seccomp_bpf.parse(path, read_bytes(path), seccomp_bpf.resolver())
     allowed = {}
     for rule in prof.rules:
         if rule.action == seccomp_bpf.ACTIONS["SCMP_ACT_ALLOW"]:
@@ -557,8 +557,8 @@ def test_strict_sandbox_cannot_exhaust_the_hosts_aio_contexts():
     from tests.sbxrun import sbx
     script = ("import ctypes; l=ctypes.CDLL(None, use_errno=True); c=ctypes.c_ulong(0); "
               "r=l.syscall(206, 65536, ctypes.byref(c)); print(r, ctypes.get_errno())")
-    before = int(open("/proc/sys/fs/aio-nr").read())
+    before = int(read_text("/proc/sys/fs/aio-nr"))
     p = sbx("run", "--profile", "strict", "--", "/usr/bin/python3", "-c", script)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["-1", str(errno.EPERM)], p.stdout
-    assert int(open("/proc/sys/fs/aio-nr").read()) == before
+    assert int(read_text("/proc/sys/fs/aio-nr")) == before

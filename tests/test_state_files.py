@@ -14,7 +14,7 @@ import tempfile
 import pytest
 
 from tests.forked import in_child
-from tests.sbxrun import ROOT, sbx, status_field
+from tests.sbxrun import ROOT, read_bytes, read_text, sbx, status_field
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs sbx as root")
 
@@ -53,7 +53,7 @@ def test_record_temp_file_cannot_be_precreated_by_another_user(world):
 
     r = in_child(attempt)
     assert r == {"uid": 0, "mode": 0o600, "planted_size": 0}, r
-    assert json.load(open(target)) == {"ok": True}
+    assert json.loads(read_text(target)) == {"ok": True}
     leftovers = [n for n in os.listdir(world) if n.endswith(".tmp") and ".rec.json." in n]
     assert len(leftovers) == 1  # only the planted one; ours was renamed into place
 
@@ -62,7 +62,7 @@ def test_record_through_cli_is_0600(tmp_path):
     rec = tmp_path / "r.json"
     p = sbx("run", "--record", str(rec), "--", "/bin/true")
     assert p.returncode == 0, p.stderr
-    assert stat.S_IMODE(os.stat(rec).st_mode) == 0o600 and json.load(open(rec))["exit_code"] == 0
+    assert stat.S_IMODE(os.stat(rec).st_mode) == 0o600 and json.loads(read_text(rec))["exit_code"] == 0
 
 
 @pytest.mark.parametrize("plant", ["foreign-owner", "world-writable"])
@@ -76,7 +76,7 @@ def test_planted_spec_cache_entry_is_ignored(tmp_path, plant):
     assert p.returncode == 0 and status_field(p.stdout, "Seccomp") == "2", p.stderr
     entries = glob.glob(str(cache / "specs" / "*.bin"))
     assert len(entries) == 1
-    entry = marshal.loads(open(entries[0], "rb").read())
+    entry = marshal.loads(read_bytes(entries[0]))
     entry["spec"]["security"]["seccomp"] = "unconfined"
     entry["spec"]["security"]["landlock"] = "off"
     with open(entries[0], "wb") as f:
@@ -107,7 +107,7 @@ ENV_PASSTHROUGH = {"sandbox/profiles.py", "sandbox/enter.py", "sandbox/speccache
 
 
 def _env_reads(path: str) -> tuple[set[str], bool]:
-    tree = ast.parse(open(path).read(), path)
+    tree = ast.parse(read_text(path), path)
     consts, dynamic = set(), False
     for node in ast.walk(tree):
         target = None

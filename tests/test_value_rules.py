@@ -9,7 +9,7 @@ import os
 import pytest
 
 from sandbox import namespaces, speccache, values
-from tests.sbxrun import ROOT, sbx
+from tests.sbxrun import ROOT, read_text, sbx
 
 
 def test_memory_minimum_is_one_number_for_flags_and_cgroups():
@@ -82,7 +82,7 @@ def test_namespace_names_have_one_table():
             glob.glob(os.path.join(ROOT, "audit", "*.py")):
         if path.endswith("namespaces.py"):
             continue
-        for node in ast.walk(ast.parse(open(path).read())):
+        for node in ast.walk(ast.parse(read_text(path))):
             if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
                 names = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
                 assert not literal <= names, f"{os.path.relpath(path, ROOT)}:{node.lineno} lists namespace kinds"

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.sbxrun import ROOT
+from tests.sbxrun import ROOT, close_pipes
 from tests.verbstore import run_d, store, wait_status  # noqa: F401 - store is a fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starts real sandboxes as root")
@@ -63,6 +63,7 @@ def test_events_stream_new_events_until_interrupted(store):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        close_pipes(proc)
 
 
 def test_events_until_in_the_future_ends_the_stream_then(store):
@@ -79,6 +80,7 @@ def test_events_until_in_the_future_ends_the_stream_then(store):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        close_pipes(proc)
 
 
 def test_since_until_accept_docker_time_syntax_and_filters(store):

@@ -10,6 +10,7 @@ import os
 import multiprocessing as mp
 
 import pytest
+from tests.sbxrun import read_text
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs sbx as root")
 
@@ -77,4 +78,4 @@ def test_intact_stages_pass_verification(tmp_path):
     p.join(60)
     kind, code, msg = q.get(timeout=5)
     assert (kind, code) == ("ran", 0), msg
-    assert open(marker).read().strip() == "ran"
+    assert read_text(marker).strip() == "ran"

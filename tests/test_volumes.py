@@ -19,7 +19,7 @@ import pytest
 
 import sandbox
 from sandbox import userns, volumes
-from tests.sbxrun import PROFILE, sbx
+from tests.sbxrun import PROFILE, read_text, sbx
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs sbx as root")
 
@@ -251,7 +251,7 @@ def test_removing_a_volume_never_follows_what_a_sandbox_left_in_it(vol, hostdir)
     assert r.exit_code == 0, r
     p = sbx("volume", "rm", vol)
     assert p.returncode == 0, p.stderr
-    assert open(victim).read() == "keep\n" and os.path.isdir(hostdir)
+    assert read_text(victim) == "keep\n" and os.path.isdir(hostdir)
     assert not os.path.exists(os.path.join(volumes.store_dir(), vol))
 
 

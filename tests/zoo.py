@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.sbxrun import close_pipes
+
 IMAGE = "localhost/sbxzoo-bb"
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 SOCKET = "/run/podman/podman.sock"
@@ -405,6 +407,7 @@ def kill(p: subprocess.Popen) -> None:
         pass
     try:
         p.wait(timeout=20)
+        close_pipes(p)
     except subprocess.TimeoutExpired:
         pass
 
