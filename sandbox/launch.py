@@ -359,6 +359,11 @@ def _init_process(p: Plan, chan: Channel) -> None:
         os.close(go_w)
         os.close(chan.ctl_r)
         step("init privileges", caps.confine_init)
+        if p.confinement.seccomp_bpf is not None:
+            # Init runs only wait/kill/signal calls from here on; the workload's filter allows those
+            # and denies the rest, so init is not a softer target than the workload it reaps.
+            from . import seccomp
+            step("init seccomp", seccomp.install, p.confinement.seccomp_bpf)
         step("report confined", chan.send, protocol.INIT_CONFINED, "init")
         os.close(chan.status_w)
         os._exit(run_init(pid))
@@ -629,7 +634,7 @@ class _Launch:
     def _verify_init(self) -> None:
         from .verify import check_init
         assert self.init_pid is not None
-        vi = check_init(self.init_pid)
+        vi = check_init(self.init_pid, seccomp=self.p.confinement.seccomp_bpf is not None)
         if not vi.ok:
             raise VerifyError("verification failed, workload killed before exec: " + "; ".join(vi.problems))
 

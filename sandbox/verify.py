@@ -33,7 +33,7 @@ class Verification:
         return {"ok": self.ok, "problems": self.problems, "checked": self.checked, "effective": self.effective}
 
 
-def check_init(pid: int) -> Verification:
+def check_init(pid: int, *, seccomp: bool = False) -> Verification:
     """The sandbox's init, once it says it is confined: only CAP_KILL, no_new_privs, not dumpable.
 
     Checked before the workload may exec: nothing else orders init's confinement
@@ -52,6 +52,9 @@ def check_init(pid: int) -> Verification:
            f"init keeps capabilities beyond CAP_KILL (eff {st.cap_eff:#x}, bnd {st.cap_bnd:#x})")
     v.need("init no_new_privs", st.no_new_privs == 1, "init has no no_new_privs")
     v.need("init not dumpable", owner == 0, "init is dumpable")
+    if seccomp:
+        v.need("init seccomp", st.seccomp == 2 and (st.seccomp_filters or 0) >= 1,
+               f"init has Seccomp {st.seccomp}, filters {st.seccomp_filters}")
     return v
 
 

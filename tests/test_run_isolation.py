@@ -253,7 +253,7 @@ def test_rootfs_mode_pivots_into_the_directory(tmp_path):
 
 
 def test_sandbox_init_keeps_only_cap_kill_and_is_not_readable_by_the_workload():
-    p = run_sh("grep -E '^(CapEff|CapBnd|CapInh|CapAmb|NoNewPrivs):' /proc/1/status; "
+    p = run_sh("grep -E '^(CapEff|CapBnd|CapInh|CapAmb|NoNewPrivs|Seccomp):' /proc/1/status; "
                "echo \"cmdline:$(tr '\\0' ' ' < /proc/1/cmdline | tr -s ' ')\"; "
                "cat /proc/1/environ >/dev/null 2>&1 && echo environ-readable || echo environ-denied")
     assert p.returncode == 0, p.stderr
@@ -264,6 +264,7 @@ def test_sandbox_init_keeps_only_cap_kill_and_is_not_readable_by_the_workload():
     assert int(st["CapEff"], 16) == 1 << 5 and int(st["CapBnd"], 16) == 1 << 5  # CAP_KILL only
     assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
     assert st["NoNewPrivs"].strip() == "1"
+    assert st["Seccomp"].strip() == "2"  # init carries the workload's filter too
     assert p.stdout.strip().endswith("environ-denied")
 
 
