@@ -11,8 +11,8 @@ from this file by `python -m audit.checks --markdown`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import predicates as P
 from .subject import SAFE_DEVICES, Subject, kernel_tuple

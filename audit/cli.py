@@ -35,7 +35,7 @@ def audit_cmd(target, pid, runtime, fmt, fail_on, policy, colour):
         code = 2
     except BrokenPipeError:
         code = 2
-    except Exception as e:  # noqa: BLE001 - the command edge: one line, exit 2, never a traceback
+    except Exception as e:
         if os.environ.get("SBX_DEBUG"):
             raise
         sys.stderr.write("sbx: audit failed: " + escape(f"{type(e).__name__}: {e}") + "\n")

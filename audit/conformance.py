@@ -231,6 +231,7 @@ def check_target(policy: Policy, target: str) -> list[Finding]:
     from sandbox.errors import SbxError
     if target.startswith("profile:"):
         from sandbox.profiles import resolve
+
         from .subject import subject_from_spec
         spec = resolve(["/bin/true"], profile=target[len("profile:"):])
         found = evaluate(policy, subject_from_spec(spec), spec=spec)

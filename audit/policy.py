@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from sandbox import namespaces
 from sandbox.errors import SpecError
-from sandbox.values import cap_bare
 from sandbox.facts import CAP_NAMES
+from sandbox.values import cap_bare
 from sandbox.yamlmarks import Doc, check_schema, get_path, load
 
 LEVELS = ("required", "optional", "forbidden")
@@ -270,8 +270,8 @@ def _get(data, dotted: str):
 
 
 def _lint_resources(doc: Doc, data: dict, errors: list[SpecError]) -> None:
-    from sandbox.values import parse_size
     from sandbox.rlimits import NAMES
+    from sandbox.values import parse_size
     mem = _get(data, "resources.memory.max")
     if mem is not None:
         try:

@@ -54,7 +54,7 @@ def _esc(v):
     return v
 
 
-def container_dict(r: "Result") -> dict:
+def container_dict(r: Result) -> dict:
     c = r.container
     s = r.subject
     return _esc({
@@ -88,7 +88,7 @@ def container_dict(r: "Result") -> dict:
     })
 
 
-def summary(results: list["Result"]) -> dict:
+def summary(results: list[Result]) -> dict:
     counts = {s: 0 for s in reversed(_checks.SEVERITIES)}
     for r in results:
         for f in r.findings:
@@ -96,7 +96,7 @@ def summary(results: list["Result"]) -> dict:
     return {"containers": len(results), "findings": counts}
 
 
-def to_json(results: list["Result"], host_kernel: str = "") -> str:
+def to_json(results: list[Result], host_kernel: str = "") -> str:
     """Schema v1: {schema_version, tool, kernel, summary, containers:[{id,name,runtime,init_pid,pids,
     processes,command,cgroup,labels,helpers,image,score,pss,worst,error,posture,findings:[{check,severity,title,message,evidence}]}]}"""
     doc = {
@@ -147,7 +147,7 @@ def _fingerprint(c, f, seen: dict[str, int]) -> str:
     return f"{h}:{n}" if n else h
 
 
-def to_sarif(results: list["Result"]) -> str:
+def to_sarif(results: list[Result]) -> str:
     rules = sarif_rules()
     index = {r["id"]: i for i, r in enumerate(rules)}
     out = []
@@ -204,7 +204,7 @@ def _counts(findings) -> str:
     return " ".join(f"{by[k]}{k[0].upper()}" for k in reversed(_checks.SEVERITIES) if by.get(k)) or "clean"
 
 
-def to_table(results: list["Result"], colour: bool = False, width: int = WIDTH) -> str:
+def to_table(results: list[Result], colour: bool = False, width: int = WIDTH) -> str:
     """Grouped by container, worst first; every line fits `width` columns (colour codes aside).
 
     One summary line per container (runtime, name, judged pid, score, PSS level, finding
@@ -250,7 +250,7 @@ def to_table(results: list["Result"], colour: bool = False, width: int = WIDTH) 
     return "\n".join(lines) + "\n"
 
 
-def apply_policy(results: list["Result"], policy_ref: str) -> list["Result"]:
+def apply_policy(results: list[Result], policy_ref: str) -> list[Result]:
     """Conformance (`--policy`): each container's findings become the policy's violations, waivers applied.
 
     The policy engine lives in audit.policy / audit.conformance; this is the one hook audit calls.

@@ -598,7 +598,8 @@ def subject_from_spec(spec, kernel: str | None = None, mac_enabled: bool | None 
     (the label). sbx never maps an id to host root, mounts a fresh /proc with
     the Spec's masks and /proc/sys read-only, a minimal /dev, and no cgroupfs.
     """
-    from sandbox import mac, mounts as sbx_mounts
+    from sandbox import mac
+    from sandbox import mounts as sbx_mounts
 
     sec = spec.security
     fs = spec.filesystem

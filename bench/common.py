@@ -53,7 +53,7 @@ def med_ms(xs: list[float]) -> float:
 
 
 def table(rows: list[tuple], headers: tuple) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*map(str, r)) for r in rows]

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import ROOT, SBX, busybox_rootfs, interleaved, med_ms, require, table  # noqa: E402
+from bench.common import ROOT, SBX, busybox_rootfs, interleaved, med_ms, require, table
 
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 USER, PASSWORD = "bench", "bench-pass"

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import SBX, interleaved, med_ms, table  # noqa: E402
+from bench.common import SBX, interleaved, med_ms, table
 
 
 def api_medians(profile: str, n: int) -> dict[str, list[float]]:

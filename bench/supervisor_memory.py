@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import SBX, table  # noqa: E402
+from bench.common import SBX, table
 
 
 def rollup(pid: int) -> dict[str, int]:
@@ -52,7 +52,7 @@ def sbx_supervisors(n: int, env: dict) -> tuple[list[dict[str, int]], list[dict[
         # The sandbox's init is a fork of the supervisor (pages shared copy-on-write): the honest
         # per-sandbox overhead is the supervisor plus init (the workload itself is not overhead).
         tree = []
-        for d, s in zip(docs, sup):
+        for d, s in zip(docs, sup, strict=False):
             procs = [s, rollup(d["state"]["init_pid"])]
             tree.append({k: sum(p[k] for p in procs) for k in ("rss", "pss", "uss")})
         return sup, tree

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 
 from . import syscalls as sc
-from .facts import CAP_NUMBERS, cap_last, names_to_mask
 from .errors import SbxError
+from .facts import CAP_NUMBERS, cap_last, names_to_mask
 
 
 def drop(keep: tuple[str, ...], uid: int, gid: int, *, rootless: bool, groups: tuple[int, ...] = ()) -> None:

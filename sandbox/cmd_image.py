@@ -239,7 +239,7 @@ def _table(rows) -> None:
     rows = [[escape(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 def describe(store, img) -> dict:

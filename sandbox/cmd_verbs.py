@@ -17,7 +17,6 @@ from . import events, state
 from .cmd_lifecycle import _each, _print_table
 from .errors import EXIT_REFUSED, SbxError, escape
 
-
 # ---------------------------------------------------------------- top
 
 @click.command("top", help="The processes of a running sandbox as a tree: host and sandbox pids, the user "

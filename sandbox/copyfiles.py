@@ -31,7 +31,8 @@ import errno
 import os
 import stat
 
-from . import facts, syscalls as sc
+from . import facts
+from . import syscalls as sc
 from .errors import SbxError, escape
 from .records import record
 

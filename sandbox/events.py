@@ -94,7 +94,7 @@ def follow(since: float | None = None, until: float | None = None, poll: float =
     opened before anything is read, so no event falls between the past and the stream.
     """
     p = _path()
-    fh = open(p, "ab+")  # noqa: SIM115 - kept open across the loop; create so we can follow from empty
+    fh = open(p, "ab+")
     try:
         ino = os.fstat(fh.fileno()).st_ino
         if past:
@@ -125,7 +125,7 @@ def follow(since: float | None = None, until: float | None = None, poll: float =
             try:
                 if os.stat(p).st_ino != ino:  # rotated: drain is done, switch to the new file
                     fh.close()
-                    fh = open(p, "rb")  # noqa: SIM115
+                    fh = open(p, "rb")
                     ino = os.fstat(fh.fileno()).st_ino
                     continue
             except FileNotFoundError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 from . import namespaces
 from .records import field, record
 

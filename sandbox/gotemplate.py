@@ -208,7 +208,7 @@ class _Pipe:
         self.cmds = cmds
 
     @staticmethod
-    def parse(toks, allow_decl: bool = True, pair: bool = False, depth: int = 0) -> "_Pipe":
+    def parse(toks, allow_decl: bool = True, pair: bool = False, depth: int = 0) -> _Pipe:
         if depth > _MAX_DEPTH:
             raise TemplateError("template nested too deeply")
         decl: list[str] = []

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-from . import facts, syscalls as sc
+from . import facts
+from . import syscalls as sc
 from .sig import signal
 
 SI_KERNEL = 0x80

@@ -25,10 +25,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from .records import field, record
 
 from . import syscalls as sc
 from .errors import SbxError
+from .records import field, record
 from .spec import IF_AVAILABLE, OFF, REQUIRED, Spec
 
 # Filesystem access rights (include/uapi/linux/landlock.h), by the ABI that introduced them.

@@ -13,9 +13,9 @@ SELinux: setexeccon). The switch happens at exec, so verification reads
 from __future__ import annotations
 
 import os
-from .records import asdict, field, record
 
 from .errors import SbxError
+from .records import asdict, field, record
 from .spec import IF_AVAILABLE, OFF, REQUIRED, Security
 
 SECURITYFS = "/sys/kernel/security"
@@ -74,7 +74,7 @@ def libselinux():
     import importlib.util
     import sys
     try:
-        import selinux  # noqa: PLC0415 - lazy: absent on many hosts
+        import selinux
     except ImportError:
         selinux = None
     if selinux is not None and hasattr(selinux, "setexeccon"):
@@ -280,7 +280,7 @@ def prepare(sec: Security, sandbox_id: str) -> MacPlan:
             try:
                 _check_selinux_context(ctx)
                 plan.selinux_context = ctx
-            except SbxError as e:
+            except SbxError:
                 # The host runs SELinux but its policy lacks our domain: for "if-available"
                 # that is the LSM being unavailable to us; we say so and claim no label.
                 if sec.selinux == REQUIRED or typ != DEFAULT_SELINUX_TYPE:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # `import typing` alone costs ~10 ms here; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Any, Callable, TypeVar, dataclass_transform
+    from collections.abc import Callable
+    from typing import Any, TypeVar, dataclass_transform
 
     T = TypeVar("T")
 else:
@@ -27,13 +28,13 @@ class FrozenInstanceError(AttributeError):
     pass
 
 
-class field:  # noqa: N801 - spelled like dataclasses.field on purpose
+class field:
     """A field with a default factory, or a default hidden from repr."""
 
     __slots__ = ("default", "default_factory", "repr")
 
     def __init__(self, *, default: Any = _MISSING, default_factory: Callable[[], Any] | None = None,
-                 repr: bool = True) -> None:  # noqa: A002 - dataclasses' keyword
+                 repr: bool = True) -> None:
         self.default = default
         self.default_factory = default_factory
         self.repr = repr

@@ -10,11 +10,11 @@ one small buffer.
 """
 from __future__ import annotations
 
-from .digest import sha256
 import os
 import stat
 import sys
 
+from .digest import sha256
 from .errors import SbxError, SpecError
 
 BUILTINS = ("default", "strict")

@@ -68,7 +68,8 @@ def resolve(argv, profile: str, **flags) -> Spec:
             return spec if image else replace(spec, argv=tuple(argv))
     except (OSError, ValueError, EOFError, KeyError, TypeError, IndexError):
         pass
-    from .profiles import resolve as slow_resolve, profile_chain
+    from .profiles import profile_chain
+    from .profiles import resolve as slow_resolve
     spec = slow_resolve(argv, profile=profile, **flags)
     try:
         files = [_stat_sig(p) for p in profile_chain(profile)] + [_stat_sig(p) for p in flags.get("env_file") or ()]

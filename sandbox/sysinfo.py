@@ -35,7 +35,7 @@ def cgroup_layout() -> dict:
 
 
 def kernel_features() -> dict:
-    from . import doctor, facts, landlock, mac
+    from . import doctor, landlock, mac
     abi = landlock.abi_version()
     features = {
         "user_namespaces": doctor.probe_userns() == 0,

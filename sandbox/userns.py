@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-from .records import field, record
 
 from . import paths
 from .errors import SbxError
+from .records import field, record
 from .spec import Spec
 
 SLICE = 65536

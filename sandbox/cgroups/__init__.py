@@ -14,8 +14,7 @@ import os
 import time
 
 from ..spec import Resources
-from .base import STALE_AGE, Cgroup, CgroupStats, check_id, release_lock, rmdir_retry, \
-    try_lock, validate
+from .base import STALE_AGE, Cgroup, CgroupStats, check_id, release_lock, rmdir_retry, try_lock, validate
 
 __all__ = ["Cgroup", "CgroupStats", "check", "create", "detect", "open_existing", "reap_stale"]
 
@@ -77,7 +76,6 @@ def reap_stale(kill_orphans: bool = False) -> int:
     """
     be = _backend()
     n = 0
-    now = time.time()
     for sid, dirs in be.list_sandboxes().items():
         try:
             check_id(sid)

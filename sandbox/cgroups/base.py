@@ -12,14 +12,14 @@ import errno
 import fcntl
 import marshal
 import os
-from ..sig import signal
 import time
-from ..records import asdict, field, record
 
 from .. import facts, paths
 from ..errors import SbxError
-from ..values import MIN_MEMORY, cpulist  # noqa: F401 - cpulist: the backends' list parser too
+from ..records import asdict, field, record
+from ..sig import signal
 from ..spec import Resources
+from ..values import MIN_MEMORY, cpulist
 
 PARENT = "sbx"  # every sandbox cgroup is <hierarchy or delegated root>/sbx/<id>
 _ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")

@@ -15,9 +15,31 @@ from .. import facts
 from ..errors import SbxError
 from ..spec import Resources
 from .base import (
-    PARENT, UNLIMITED, Cgroup, CgroupStats, Discovered, Unavailable, Write, clamp_shares, degraded_lines,
-    format_list, host_has_swap, labels_for, page_floor, cpulist, quota_us, read_file, read_keyed,
-    read_pids, refusal, release_lock, rmdir_retry, swap_total, take_lock, wait_until, write_file,
+    PARENT,
+    UNLIMITED,
+    Cgroup,
+    CgroupStats,
+    Discovered,
+    Unavailable,
+    Write,
+    clamp_shares,
+    cpulist,
+    degraded_lines,
+    format_list,
+    host_has_swap,
+    labels_for,
+    page_floor,
+    quota_us,
+    read_file,
+    read_keyed,
+    read_pids,
+    refusal,
+    release_lock,
+    rmdir_retry,
+    swap_total,
+    take_lock,
+    wait_until,
+    write_file,
 )
 
 KNOWN = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer")

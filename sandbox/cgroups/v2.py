@@ -16,9 +16,31 @@ from .. import facts
 from ..errors import SbxError
 from ..spec import Resources
 from .base import (
-    PARENT, Cgroup, CgroupStats, Discovered, Unavailable, Write, degraded_lines, format_list, host_has_swap,
-    labels_for, page_floor, cpulist, quota_us, read_file, read_keyed, read_lock_record, read_pids, refusal,
-    release_lock, rmdir_retry, shares_to_weight, swap_total, take_lock, wait_until, write_file,
+    PARENT,
+    Cgroup,
+    CgroupStats,
+    Discovered,
+    Unavailable,
+    Write,
+    cpulist,
+    degraded_lines,
+    format_list,
+    host_has_swap,
+    labels_for,
+    page_floor,
+    quota_us,
+    read_file,
+    read_keyed,
+    read_lock_record,
+    read_pids,
+    refusal,
+    release_lock,
+    rmdir_retry,
+    shares_to_weight,
+    swap_total,
+    take_lock,
+    wait_until,
+    write_file,
 )
 
 CONTROLLERS = ("cpu", "cpuset", "memory", "pids")

@@ -369,7 +369,7 @@ def ingest(store: Store, blobs: str, st: str, *, opts: PullOptions, expect: str 
 
     budget = unpack.Budget(opts.limits)
     n = len(layer_descs)
-    jobs = list(enumerate(zip(layer_descs, diff_ids)))
+    jobs = list(enumerate(zip(layer_descs, diff_ids, strict=False)))
     workers = opts.workers or min(4, os.cpu_count() or 1)
     sizes: dict[str, int] = {}
 
