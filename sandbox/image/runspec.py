@@ -37,7 +37,7 @@ def resolve(ref: str, *, args: list[str], entrypoint: str | None, user: str | No
         raise ImageMissing(ref)
     cfg = imgconfig.parse(img.config())
     roots = [store.layer_root(d) for d in img.layers]
-    for d, _r in zip(img.layers, roots, strict=False):
+    for d in img.layers:
         if not store.has_layer(d):
             raise SbxError(f"image {img.short}: layer {d} is missing from the store (pull the image again)")
     if len(roots) > 128:
