@@ -9,7 +9,7 @@ The Python API (sandbox.api; the CLI is built on the same functions):
     sandbox.run(spec)                      # -> sandbox.Result
 
 run_async() is the asyncio variant. Unknown keywords raise TypeError naming the nearest
-valid one; refusals raise SbxError. docs/API.md is the reference (python -m sandbox.apidoc).
+valid one; refusals raise SbxError. sandbox/API.md is the reference (python -m sandbox.apidoc).
 Heavy modules are imported on first use, never at package import.
 """
 from __future__ import annotations

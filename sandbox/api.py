@@ -13,7 +13,7 @@ network, volume, mount, env, user, cap_add, ...), with Python values: a list
 where the flag may repeat (a single string is one item), a dict for env.
 
 Sandboxes are independent: run() may be called from several threads at once
-(see examples/pool.py); each call forks its own sandbox and waits for it.
+(see sandbox/examples/pool.py); each call forks its own sandbox and waits for it.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Generate the Python API reference (docs/API.md) from the code's own signatures and docstrings.
+"""Generate the Python API reference (sandbox/API.md) from the code's own signatures and docstrings.
 
-    python -m sandbox.apidoc > docs/API.md
+    python -m sandbox.apidoc > sandbox/API.md
 
 tests/test_api_capture.py checks that the committed page is what this prints, so the
 reference cannot drift from the code.

@@ -141,8 +141,8 @@ def test_the_reference_page_is_generated_from_the_code():
     p = subprocess.run([sys.executable, "-m", "sandbox.apidoc"], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": ROOT})
     assert p.returncode == 0, p.stderr
-    with open(os.path.join(ROOT, "docs", "API.md")) as f:
-        assert f.read() == p.stdout, "docs/API.md is stale: python -m sandbox.apidoc > docs/API.md"
+    with open(os.path.join(ROOT, "sandbox", "API.md")) as f:
+        assert f.read() == p.stdout, "sandbox/API.md is stale: python -m sandbox.apidoc > sandbox/API.md"
     assert "## sandbox.run" in p.stdout and "capture_output" in p.stdout
 
 

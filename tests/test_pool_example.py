@@ -1,4 +1,4 @@
-"""examples/pool.py, the worker pool of the README, runs in CI: 100 snippets, each in its own
+"""sandbox/examples/pool.py, the worker pool of the README, runs in CI: 100 snippets, each in its own
 sandbox with a timeout and a memory cap, every result reported and as expected."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs sbx as root")
 
 
 def test_pool_example_runs_100_snippets_with_timeouts_and_memory_caps():
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "pool.py"), "--json", "--workers", "2"],
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "sandbox", "examples", "pool.py"), "--json", "--workers", "2"],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     out = json.loads(p.stdout)
     results = out["results"]

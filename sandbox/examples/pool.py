@@ -1,7 +1,7 @@
 """Many sandboxes from one program: a worker pool runs 100 Python snippets, each in its own
 strict sandbox with a timeout and a memory cap, and reports every result.
 
-    sudo .venv/bin/python examples/pool.py [--workers N] [--json]
+    sudo .venv/bin/python sandbox/examples/pool.py [--workers N] [--json]
 
 Most snippets compute and print a number; a few never stop (killed at their timeout:
 exit 124) and a few allocate past their memory cap (killed by the OOM killer: 137).
